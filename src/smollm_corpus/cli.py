@@ -1,0 +1,154 @@
+"""The command line: parse options, call the library, show progress, turn errors into messages."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+
+import click
+
+from . import __version__
+from .errors import SmollmCorpusError
+from .pipeline import DEFAULT_WORKERS, FetchResult, Progress, fetch
+from .subsets import DEFAULT_SOURCE, SUBSETS
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class Size(click.ParamType):
+    """A byte size such as 500M or 2G (powers of 1024)."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(value)
+        if not match:
+            self.fail(f"{value!r} is not a size; write it like 500M, 2G or 1048576", param, ctx)
+        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="smollm-corpus")
+def main() -> None:
+    """Fetch the SmolLM-Corpus and write it as training-ready text."""
+
+
+@main.command("list")
+def list_subsets() -> None:
+    """Show each subset: rows, download size, columns and default template."""
+    for s in SUBSETS.values():
+        click.echo(f"{s.name}")
+        click.echo(f"  rows:      {s.rows:,}")
+        click.echo(f"  download:  {s.download_size}")
+        click.echo(f"  columns:   {', '.join(s.template_columns)}")
+        for name, preset in s.presets.items():
+            default = " (default)" if name == "text" else ""
+            click.echo(f"  template {name}{default}: {preset.template!r}, separator {preset.separator!r}")
+
+
+@main.command("fetch")
+@click.argument("subsets", nargs=-1)
+@click.option("--all", "all_subsets", is_flag=True, help="Fetch every subset.")
+@click.option("-o", "--out-dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Writes OUT_DIR/<subset>/input.txt and manifest.json.")
+@click.option("--source", "source_repo", envvar="SMOLLM_CORPUS_SOURCE", default=DEFAULT_SOURCE, show_default=True,
+              help="A Hub dataset id, or a local folder laid out like the Hub repository (env SMOLLM_CORPUS_SOURCE).")
+@click.option("--revision", help="Hub revision: a branch, tag or commit.")
+@click.option("--num-proc", type=click.IntRange(min=1), help="Worker processes  [default: number of CPUs]")
+@click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows, in dataset order.")
+@click.option("--max-bytes", type=Size(), help="Stop at the last whole document before the output passes SIZE (500M, 2G).")
+@click.option("--template", help="A preset (text, nanogpt) or a string with {column} placeholders; \\n, \\t, \\\\ are interpreted.")
+@click.option("--separator", help="Between documents  [default: \\n\\n, \\n for nanogpt]")
+@click.option("--format", "format_", type=click.Choice(["txt", "jsonl"]), default="txt", show_default=True,
+              help="txt: input.txt; jsonl: input.jsonl, one object per document with every column.")
+@click.option("--overwrite", is_flag=True, help="Discard a previous output, complete or partial, and start again.")
+@click.option("--bucket", default="softwareheritage", show_default=True, help="python-edu: S3 bucket of the contents.")
+@click.option("--s3-endpoint-url", envvar="AWS_ENDPOINT_URL", help="python-edu: S3 endpoint (env AWS_ENDPOINT_URL).")
+@click.option("--region", default="us-east-1", show_default=True, help="python-edu: S3 region.")
+@click.option("--no-sign-request", is_flag=True, help="python-edu: send unsigned S3 requests.")
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
+              help="python-edu: S3 requests in flight.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, summary or notices.")
+@click.option("-v", "--verbose", is_flag=True, help="More detail, and a traceback on errors.")
+def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, format_, **options) -> None:
+    """Fetch SUBSETS (or --all) into OUT_DIR/<subset>/input.txt.
+
+    \b
+    Examples:
+      smollm-corpus fetch cosmopedia-v2
+      smollm-corpus fetch fineweb-edu-dedup --limit 10000 --template nanogpt
+      smollm-corpus fetch python-edu --format jsonl --no-sign-request
+    Interrupted? Run the same command again: it resumes where it stopped.
+    """
+    if all_subsets == bool(subsets):
+        raise click.UsageError("name one or more subsets, or --all (not both)")
+    for name in subsets:
+        if name not in SUBSETS:
+            raise click.UsageError(f"unknown subset {name!r}; choose one of: {', '.join(SUBSETS)}")
+    logging.basicConfig(format="%(message)s", level=logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    for name in subsets or SUBSETS:
+        try:
+            result = fetch(name, out_dir, source_repo=source_repo, format=format_,
+                           progress=None if quiet else _Bar(), **options)
+        except SmollmCorpusError as e:
+            if verbose:
+                logging.exception("traceback")
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        if not quiet:
+            click.echo(_summary(result), err=True)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+class _Bar:
+    """One tqdm bar per subset on stderr: rows, bytes written, skipped, rate and ETA."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, p: Progress) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=p.total_rows, initial=p.rows, desc=p.subset, unit=" docs", unit_scale=True,
+                            dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+        postfix = {"written": _human(p.bytes)}
+        if p.skipped:
+            postfix.update({reason: f"{n:,}" for reason, n in sorted(p.skipped.items())})
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(max(p.rows - self.bar.n, 0))
+
+    def __del__(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary(r: FetchResult) -> str:
+    if r.already_complete:
+        return f"{r.subset}: already complete in {r.output} ({r.stats.documents:,} documents); nothing to do"
+    skipped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(r.stats.skipped.items())) or "none"
+    rate = r.stats.bytes / max(r.seconds, 1e-9)
+    return (f"{r.subset}: wrote {r.stats.documents:,} documents, {_human(r.stats.bytes)} to {r.output} "
+            f"in {r.seconds:,.1f} s ({_human(rate)}/s); rows read {r.stats.rows:,}; skipped: {skipped}")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return ""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

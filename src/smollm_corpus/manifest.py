@@ -1,0 +1,92 @@
+"""The run manifest: what a fetch was asked to do and how far it got, saved after every chunk.
+
+It is the resume point. Progress is recorded only after the data it describes is durable,
+and the file is replaced atomically, so after any crash it describes a prefix of the output.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .stats import Stats
+
+#: the options that decide the bytes of the output; a rerun with other values is another fetch
+IDENTITY = ("subset", "source", "revision", "template", "separator", "format", "limit", "max_bytes", "bucket")
+
+
+@dataclass
+class Manifest:
+    options: dict  # the IDENTITY options, as asked for
+    commit: str | None = None  # the Hub commit the revision resolved to, pinned for resumes
+    chunks_done: int = 0  # chunks appended to the output, in dataset order
+    stats: Stats = field(default_factory=Stats)
+    missing_blobs: list[str] = field(default_factory=list)
+    corrupt_blobs: list[str] = field(default_factory=list)
+    sha256: str | None = None
+    started: str = field(default_factory=lambda: _now())
+    finished: str | None = None
+    complete: bool = False
+
+    def differences(self, options: dict) -> list[str]:
+        """Names of the identity options whose values differ from ``options``."""
+        return [k for k in IDENTITY if self.options.get(k) != options.get(k)]
+
+    def finish(self, sha256: str) -> None:
+        self.sha256, self.finished, self.complete = sha256, _now(), True
+
+    def to_json(self) -> dict:
+        data = {**self.options, "commit": self.commit, "complete": self.complete}
+        data.update(self.stats.to_json())
+        data.update(
+            sha256=self.sha256,
+            started=self.started,
+            finished=self.finished,
+            chunks_done=self.chunks_done,
+            missing_blobs=len(self.missing_blobs),
+            corrupt_blobs=self.corrupt_blobs,
+            tool_version=__version__,
+            missing_blob_ids=self.missing_blobs,
+        )
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        return cls(
+            options={k: data.get(k) for k in IDENTITY},
+            commit=data.get("commit"),
+            chunks_done=data["chunks_done"],
+            stats=Stats.from_json(data),
+            missing_blobs=data.get("missing_blob_ids", []),
+            corrupt_blobs=data.get("corrupt_blobs", []),
+            sha256=data.get("sha256"),
+            started=data["started"],
+            finished=data.get("finished"),
+            complete=data["complete"],
+        )
+
+    def save(self, path: Path) -> None:
+        """Replace ``path`` atomically with this manifest, durably."""
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest | None":
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+

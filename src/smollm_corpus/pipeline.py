@@ -1,0 +1,434 @@
+"""fetch(): one subset from the source to ``input.txt``, in dataset order, resumable at any moment.
+
+Stages: the source's files are cut into chunks (a whole file for the text subsets, a few
+thousand rows for python-edu); worker processes turn each chunk into a part (read rows,
+fetch contents, render, write); this process appends finished parts to the output strictly
+in chunk order and records each append in the manifest. Output bytes therefore never depend
+on ``num_proc`` or on where a previous run stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import parts, source, template as templates, worker
+from .errors import OutputError, SmollmCorpusError, UsageError
+from .manifest import Manifest
+from .stats import Stats
+from .subsets import DEFAULT_SOURCE, Subset, get_subset
+from .worker import Chunk, Job
+
+log = logging.getLogger("smollm_corpus")
+
+#: rows per chunk where contents come from S3: small enough that a crash loses seconds, large enough to keep requests flowing
+HYDRATE_CHUNK_ROWS = 4096
+#: S3 requests in flight by default, over all worker processes
+DEFAULT_WORKERS = 64
+COPY_BLOCK = 8 << 20
+TERMS = (
+    "python-edu contents come from Software Heritage. Its terms ask that bulk downloads be agreed "
+    "with Software Heritage and INRIA first: write to datasets@softwareheritage.org."
+)
+
+
+class Interrupted(SmollmCorpusError):
+    """The run was stopped by a signal; what was appended is kept."""
+
+    exit_code = 130
+
+
+@dataclass
+class Progress:
+    """How far a fetch has got, counting work still in the workers' hands (the bar's view)."""
+
+    subset: str
+    total_rows: int | None
+    rows: int = 0
+    documents: int = 0
+    bytes: int = 0
+    skipped: Counter | None = None
+
+
+@dataclass
+class FetchResult:
+    subset: str
+    output: Path
+    manifest: Path
+    stats: Stats
+    already_complete: bool
+    seconds: float
+
+
+def fetch(
+    subset: str,
+    out_dir: str | os.PathLike = ".",
+    *,
+    source_repo: str = DEFAULT_SOURCE,
+    revision: str | None = None,
+    num_proc: int | None = None,
+    limit: int | None = None,
+    max_bytes: int | None = None,
+    template: str | None = None,
+    separator: str | None = None,
+    format: str = "txt",
+    overwrite: bool = False,
+    bucket: str = "softwareheritage",
+    s3_endpoint_url: str | None = None,
+    region: str = "us-east-1",
+    no_sign_request: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    progress: Callable[[Progress], None] | None = None,
+) -> FetchResult:
+    """Fetch ``subset`` into ``out_dir/<subset>/input.txt`` (or ``input.jsonl``), resuming a previous run.
+
+    Args:
+        subset: one of :data:`smollm_corpus.SUBSETS`.
+        out_dir: the folder that receives ``<subset>/``.
+        source_repo: a Hub dataset id, or a local folder laid out like the Hub repository.
+        revision: a Hub branch, tag or commit.
+        num_proc: worker processes (default: one per CPU).
+        limit: only the first ``limit`` rows of the subset, in dataset order.
+        max_bytes: stop at the last whole document before the output passes this size.
+        template: a preset name (``text``, ``nanogpt``) or a string with ``{column}`` placeholders;
+            ``\\n``, ``\\t`` and ``\\\\`` are interpreted.
+        separator: between documents (default: the preset's, ``\\n\\n`` for custom templates); txt only.
+        format: ``txt`` or ``jsonl`` (one object per document with every column, ``text`` rendered).
+        overwrite: discard a previous output of this subset, complete or not.
+        bucket, s3_endpoint_url, region, no_sign_request, workers: where and how python-edu
+            contents are fetched; ``workers`` is the number of requests in flight.
+        progress: called often with the run's :class:`Progress`.
+
+    Returns:
+        The run's counters and paths; ``already_complete`` when a previous run had finished.
+
+    Raises:
+        UsageError: bad options, or a template naming no column (before anything is written).
+        SourceError: the source cannot be read.
+        OutputError: the output folder cannot be written, or holds a different fetch.
+        Interrupted: stopped by Ctrl-C or SIGTERM; rerunning resumes.
+    """
+    started = time.monotonic()
+    spec = get_subset(subset)
+    num_proc = _check_options(num_proc, limit, max_bytes, format, separator, workers)
+    jsonl = format == "jsonl"
+    preset = spec.presets.get(template or "text")
+    template_text = preset.template if preset else templates.unescape(template or "")
+    sep = "" if jsonl else (templates.unescape(separator) if separator is not None else preset.separator if preset else "\n\n")
+    options = {
+        "subset": subset,
+        "source": source_repo,
+        "revision": revision,
+        "template": template_text,
+        "separator": sep,
+        "format": format,
+        "limit": limit,
+        "max_bytes": max_bytes,
+        "bucket": bucket if spec.hydrated else None,
+    }
+    folder = Path(out_dir) / subset
+    output = folder / ("input.jsonl" if jsonl else "input.txt")
+    manifest_path = folder / "manifest.json"
+    partial = output.with_name(output.name + ".incomplete")
+
+    previous = None if overwrite else Manifest.load(manifest_path)
+    changed = previous.differences(options) if previous is not None else []
+    if previous is not None and previous.complete and not changed and (output.exists() or partial.exists()):
+        with _locked(folder):
+            if not output.exists():
+                os.replace(partial, output)  # a run that stopped between its last two steps
+        return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started)
+
+    pinned = previous.commit if previous is not None else None  # a resume reads the same commit
+    src = source.resolve(source_repo, subset, pinned or revision)
+    schema = src.schema
+    if spec.hydrated:
+        import pyarrow as pa
+
+        schema = schema.append(pa.field("text", pa.string())) if "text" not in schema.names else schema
+    parsed, _ = templates.resolve(spec, template, schema)
+    if changed:
+        raise OutputError(
+            f"{folder} holds a fetch made with other options (differing: {', '.join(changed)}); "
+            "add --overwrite to replace it, or choose another --out-dir"
+        )
+    if spec.hydrated:
+        columns = tuple(n for n in schema.names if n != "text") if jsonl else tuple(
+            dict.fromkeys(["blob_id", *(c for c in parsed.columns if c != "text")])
+        )
+    else:
+        columns = tuple(schema.names) if jsonl else tuple(parsed.columns)
+
+    s3 = _s3_options(bucket, s3_endpoint_url, region, no_sign_request) if spec.hydrated else None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder {folder}: {e.strerror}; choose another --out-dir") from e
+    with _locked(folder):
+        manifest = None if overwrite else Manifest.load(manifest_path)
+        if manifest is None or overwrite:
+            _clear(folder, output, manifest_path)
+            manifest = Manifest(options, commit=src.commit)
+        run = _Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode())
+        job = Job(run.parts_dir, run.staging_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3,
+                  max(1, math.ceil(workers / num_proc)))
+        total = min(src.num_rows, limit) if src.num_rows is not None and limit is not None else (limit or src.num_rows)
+        stats = run.execute(job, num_proc, Progress(subset, total), progress)
+    return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started)
+
+
+def _check_options(num_proc, limit, max_bytes, format, separator, workers) -> int:
+    if format not in ("txt", "jsonl"):
+        raise UsageError(f"unknown format {format!r}; choose txt or jsonl")
+    if format == "jsonl" and separator is not None:
+        raise UsageError("--separator applies to txt output only; jsonl writes one object per line")
+    if limit is not None and limit < 0:
+        raise UsageError("--limit must be 0 or more")
+    if max_bytes is not None and max_bytes <= 0:
+        raise UsageError("--max-bytes must be more than 0")
+    if workers < 1:
+        raise UsageError("--workers must be 1 or more")
+    if num_proc is not None and num_proc < 1:
+        raise UsageError("--num-proc must be 1 or more")
+    return num_proc or os.cpu_count() or 1
+
+
+def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_request: bool):
+    from .hydrate import S3Options, credentials_available
+
+    log.warning(TERMS)
+    unsigned = no_sign_request
+    if not unsigned and not credentials_available():
+        log.warning("no AWS credentials found: sending unsigned requests (as with --no-sign-request)")
+        unsigned = True
+    return S3Options(bucket=bucket, endpoint_url=endpoint_url, region=region, unsigned=unsigned)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    with open(folder / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another smollm-corpus fetch is writing to {folder}; wait for it, or choose another --out-dir") from None
+        yield
+
+
+def _clear(folder: Path, output: Path, manifest_path: Path) -> None:
+    """Remove a previous run's files (only this tool's own files: the folder may hold others)."""
+    for name in ("input.txt", "input.jsonl", "input.txt.incomplete", "input.jsonl.incomplete", "missing_blobs.txt"):
+        (folder / name).unlink(missing_ok=True)
+    manifest_path.unlink(missing_ok=True)
+    for name in (".parts", ".staging"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+
+
+class _Run:
+    """The state of one run: the plan of chunks, the output being appended to, the manifest."""
+
+    def __init__(self, spec: Subset, src: source.Source, manifest: Manifest, manifest_path: Path, folder: Path,
+                 output: Path, partial: Path, limit: int | None, max_bytes: int | None, separator: bytes) -> None:
+        self.spec, self.src, self.manifest, self.manifest_path = spec, src, manifest, manifest_path
+        self.folder, self.output, self.partial = folder, output, partial
+        self.limit, self.max_bytes, self.separator = limit, max_bytes, separator
+        self.parts_dir, self.staging_dir = folder / ".parts", folder / ".staging"
+
+    def plan(self) -> Iterator[tuple[Chunk, bool]]:
+        """Chunks in dataset order, each with whether it ends its file. Reads footers only where rows must be counted."""
+        remaining = self.limit
+        index = 0
+        for file in self.src.files:
+            if remaining == 0:
+                return
+            step = HYDRATE_CHUNK_ROWS if self.spec.hydrated else None
+            if step is None and remaining is None:
+                yield Chunk(index, file), True
+                index += 1
+                continue
+            rows = source.file_rows(file)
+            end = rows if remaining is None else min(rows, remaining)
+            starts = list(range(0, end, step or max(end, 1))) or [0]
+            for k, start in enumerate(starts):
+                stop = min(start + step, end) if step else end
+                yield Chunk(index, file, start, None if stop == rows else stop), k == len(starts) - 1
+                index += 1
+            if remaining is not None:
+                remaining -= end
+
+    def execute(self, job: Job, num_proc: int, view: Progress, progress: Callable[[Progress], None] | None) -> Stats:
+        self.parts_dir.mkdir(exist_ok=True)
+        self.staging_dir.mkdir(exist_ok=True)
+        digest = self._open_output()
+        view.rows, view.documents, view.bytes = self.manifest.stats.rows, self.manifest.stats.documents, self.manifest.stats.bytes
+        view.skipped = Counter(self.manifest.stats.skipped)
+        if progress:
+            progress(view)
+        if self.manifest.chunks_done:
+            log.info("resuming %s after %d rows already written", self.spec.name, self.manifest.stats.rows)
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        window: deque[tuple[Chunk, bool, Future | None]] = deque()
+        chunks = self.plan()
+        executor = ProcessPoolExecutor(num_proc, mp_context=context, initializer=worker.init, initargs=(job, queue))
+        finished = False
+        try:
+            while True:
+                while len(window) < 2 * num_proc and not finished:
+                    item = next(chunks, None)
+                    if item is None:
+                        finished = True
+                        break
+                    chunk, last = item
+                    if chunk.index < self.manifest.chunks_done:
+                        continue
+                    done = parts.read_info(self.parts_dir, chunk.index)
+                    window.append((chunk, last, None if done else executor.submit(worker.run_chunk, chunk)))
+                if not window:
+                    break
+                chunk, last, future = window[0]
+                info = self._wait(future, queue, view, progress) if future else parts.read_info(self.parts_dir, chunk.index)
+                window.popleft()
+                if self._append(chunk, last, info, digest):
+                    finished = True
+                    for _, _, f in window:
+                        if f:
+                            f.cancel()
+                    window.clear()
+                self._sync_view(view)
+                if progress:
+                    progress(view)
+        except KeyboardInterrupt:
+            _terminate(executor)
+            raise Interrupted(
+                f"interrupted: {self.manifest.stats.rows:,} rows of {self.spec.name} are safely written; "
+                "run the same command again to resume"
+            ) from None
+        except BaseException:
+            _terminate(executor)
+            raise
+        executor.shutdown(wait=True)
+        self._complete(digest)
+        return self.manifest.stats
+
+    def _open_output(self):
+        """Open the partial output at the recorded length, and the hash of what it holds."""
+        digest = hashlib.sha256()
+        recorded = self.manifest.stats.bytes
+        try:
+            self._out = open(self.partial, "r+b" if self.partial.exists() else "w+b")
+        except OSError as e:
+            raise OutputError(f"cannot write {self.partial}: {e.strerror}; choose another --out-dir") from e
+        size = os.fstat(self._out.fileno()).st_size
+        if size < recorded:
+            raise OutputError(
+                f"{self.partial} is shorter than its manifest records ({size:,} < {recorded:,} bytes); "
+                "rerun with --overwrite to start again"
+            )
+        self._out.truncate(recorded)
+        remaining = recorded
+        while remaining:
+            block = self._out.read(min(COPY_BLOCK, remaining))
+            digest.update(block)
+            remaining -= len(block)
+        self._out.seek(recorded)
+        return digest
+
+    def _wait(self, future: Future, queue, view: Progress, progress) -> parts.PartInfo:
+        while True:
+            try:
+                return future.result(timeout=0.2)
+            except FutureTimeout:
+                self._drain(queue, view)
+                if progress:
+                    progress(view)
+
+    def _drain(self, queue, view: Progress) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                rows, documents, nbytes, skipped = queue.get_nowait()
+                view.rows += rows
+                view.documents += documents
+                view.bytes += nbytes
+                view.skipped.update(skipped)
+
+    def _sync_view(self, view: Progress) -> None:
+        # Appends are the truth; in-flight counts only ever run ahead of them.
+        stats = self.manifest.stats
+        view.rows, view.documents = max(view.rows, stats.rows), max(view.documents, stats.documents)
+        view.bytes = max(view.bytes, stats.bytes)
+
+    def _append(self, chunk: Chunk, last: bool, info: parts.PartInfo, digest) -> bool:
+        """Append a finished part to the output, durably, then record it. Returns True when the output is full."""
+        stats = self.manifest.stats
+        sep = self.separator if stats.bytes and info.stats.documents else b""
+        size, full = info.stats.bytes, False
+        if self.max_bytes is not None:
+            budget = self.max_bytes - stats.bytes - len(sep)
+            if size > budget:
+                size, info = parts.cut(self.parts_dir, chunk.index, info, max(budget, 0))
+                full = True
+                sep = sep if size else b""
+        try:
+            self._out.write(sep)
+            digest.update(sep)
+            with open(parts.paths(self.parts_dir, chunk.index)[0], "rb") as part:
+                remaining = size
+                while remaining:
+                    block = part.read(min(COPY_BLOCK, remaining))
+                    self._out.write(block)
+                    digest.update(block)
+                    remaining -= len(block)
+            self._out.flush()
+            os.fsync(self._out.fileno())
+        except OSError as e:
+            raise OutputError(
+                f"writing {self.partial} failed: {e.strerror}; free some space (or fix permissions), "
+                "then run the same command again to resume"
+            ) from e
+        info.stats.bytes = size + len(sep)
+        stats.add(info.stats)
+        for _, reason, detail in info.skipped_rows:
+            if reason == "missing":
+                self.manifest.missing_blobs.append(detail)
+            elif reason == "corrupt":
+                self.manifest.corrupt_blobs.append(detail)
+        self.manifest.chunks_done = chunk.index + 1
+        self.manifest.save(self.manifest_path)
+        parts.remove(self.parts_dir, chunk.index)
+        if last:
+            source.release(chunk.file, self.staging_dir)
+        return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
+
+    def _complete(self, digest) -> None:
+        self._out.close()
+        if self.spec.hydrated:
+            missing = self.folder / "missing_blobs.txt"
+            tmp = missing.with_name(missing.name + ".tmp")
+            tmp.write_text("".join(f"{b}\n" for b in self.manifest.missing_blobs))
+            os.replace(tmp, missing)
+        self.manifest.finish(digest.hexdigest())
+        self.manifest.save(self.manifest_path)
+        os.replace(self.partial, self.output)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def _terminate(executor: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor has no public way to stop running workers before Python 3.14.
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)

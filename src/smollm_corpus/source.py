@@ -1,0 +1,279 @@
+"""Loading: resolve a subset's parquet files on the Hub (or in a local mirror) and bring them to disk.
+
+Config, data files, schema and sizes come from ``datasets`` (the repository's README front
+matter, exactly as ``load_dataset`` reads it). Files are then read one at a time with
+pyarrow instead of through ``load_dataset``'s Arrow cache, which would need 1.7x the whole
+subset on disk before the first document could be written. Downloads go through
+``huggingface_hub``, so HF_TOKEN, HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import SourceError
+
+_HF_URL = re.compile(r"^hf://datasets/(?P<repo>.+?)@(?P<revision>[^/]+)/(?P<path>.+)$")
+#: attempts and first delay for transient Hub errors (429, 5xx, connection drops)
+RETRY_ATTEMPTS = 5
+RETRY_BASE_SECONDS = 1.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One parquet file of a subset, in dataset order."""
+
+    index: int
+    name: str  # path inside the repository, e.g. "python-edu/train-00000-of-00002.parquet"
+    location: str  # local path, or hf:// URL pinned to a commit
+
+
+@dataclass(frozen=True)
+class Source:
+    """A subset resolved to its files."""
+
+    repo: str  # Hub dataset id or local directory, as given
+    revision: str | None  # as asked for
+    commit: str | None  # the commit the Hub resolved the revision to; None for a local directory
+    files: tuple[SourceFile, ...]
+    schema: pa.Schema
+    num_rows: int | None  # from the dataset's metadata, where it declares it
+
+    @property
+    def is_local(self) -> bool:
+        return self.commit is None
+
+
+def resolve(repo: str, subset: str, revision: str | None = None) -> Source:
+    """Find the parquet files, schema and row count of ``subset`` without downloading any data.
+
+    Raises:
+        SourceError: the directory or repository cannot be read, or holds no such subset.
+    """
+    local = Path(repo).expanduser()
+    if local.exists() or repo.startswith((".", "/", "~")):
+        return _resolve_local(local, subset, repo)
+    return _with_retries(lambda: _resolve_hub(repo, subset, revision), f"the Hub repository {repo}")
+
+
+def _resolve_local(root: Path, subset: str, given: str) -> Source:
+    expected = (
+        f"expected a folder laid out like the Hub repository: README.md whose front matter "
+        f"declares the config {subset!r}, and {subset}/train-*.parquet"
+    )
+    if not root.is_dir():
+        raise SourceError(f"source folder {given} does not exist; {expected}, or a Hub dataset id")
+    if not (root / "README.md").is_file():
+        raise SourceError(f"source folder {given} has no README.md; {expected}")
+    builder = _builder(str(root.resolve()), subset, None, given)
+    files = _data_files(builder, subset, given)
+    missing = [f for f in files if not os.path.exists(f)]
+    if not files or missing:
+        raise SourceError(f"source folder {given} has no parquet files for {subset}; {expected}")
+    return Source(given, None, None, _source_files(files, root), _schema(builder, files[0]), _rows(builder))
+
+
+def _resolve_hub(repo: str, subset: str, revision: str | None) -> Source:
+    from huggingface_hub import HfApi
+
+    commit = HfApi().dataset_info(repo, revision=revision).sha
+    builder = _builder(repo, subset, commit, repo)
+    files = _data_files(builder, subset, repo)
+    if not files:
+        raise SourceError(f"{repo} at {revision or 'main'} has no data files for {subset}")
+    return Source(repo, revision, commit, _source_files(files, None), _schema(builder, files[0]), _rows(builder))
+
+
+def _builder(path: str, subset: str, revision: str | None, given: str):  # -> datasets.DatasetBuilder
+    import datasets
+
+    try:
+        return datasets.load_dataset_builder(path, subset, revision=revision)
+    except ValueError as e:
+        if "BuilderConfig" in str(e) or "config" in str(e).lower():
+            raise SourceError(f"{given} declares no config {subset!r}: {e}") from None
+        raise
+
+
+def _data_files(builder, subset: str, given: str) -> list[str]:
+    data_files = builder.config.data_files or {}
+    if "train" not in data_files:
+        raise SourceError(f"{given} declares no train split for {subset}")
+    return sorted(data_files["train"], key=lambda f: _repo_path(f))
+
+
+def _repo_path(location: str) -> str:
+    match = _HF_URL.match(location)
+    return match.group("path") if match else location
+
+
+def _source_files(files: list[str], root: Path | None) -> tuple[SourceFile, ...]:
+    def name(location: str) -> str:
+        if root is None:
+            return _repo_path(location)
+        return Path(location).resolve().relative_to(root.resolve()).as_posix()
+
+    return tuple(SourceFile(i, name(f), f) for i, f in enumerate(files))
+
+
+def _schema(builder, first_file: str) -> pa.Schema:
+    if builder.info.features is not None:
+        return builder.info.features.arrow_schema
+    # No dataset_info in the README: the first file's footer says it (a small range read).
+    with _open(first_file) as f:
+        return pq.read_schema(f)
+
+
+def _rows(builder) -> int | None:
+    splits = builder.info.splits or {}
+    return splits["train"].num_examples if "train" in splits else None
+
+
+@contextlib.contextmanager
+def _open(location: str) -> Iterator:
+    match = _HF_URL.match(location)
+    if match is None:
+        with open(location, "rb") as f:
+            yield f
+        return
+    from huggingface_hub import HfFileSystem
+
+    with HfFileSystem().open(location, "rb") as f:
+        yield f
+
+
+def file_rows(file: SourceFile) -> int:
+    """Rows in ``file``, from its footer (a small range read; the file is not downloaded)."""
+    def read() -> int:
+        with _open(file.location) as f:
+            return pq.read_metadata(f).num_rows
+
+    return _with_retries(read, file.name)
+
+
+def acquire(file: SourceFile, staging: Path) -> Path:
+    """A local path to ``file``.
+
+    A file already in the Hugging Face cache is read from there and left in place; any
+    other is downloaded into ``staging``, and :func:`release` deletes it once it has been
+    read, which keeps disk use to the files in progress.
+    """
+    match = _HF_URL.match(file.location)
+    if match is None:
+        return Path(file.location)
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    repo, revision, path = match.group("repo"), unquote(match.group("revision")), match.group("path")
+    cached = try_to_load_from_cache(repo, path, revision=revision, repo_type="dataset")
+    if isinstance(cached, str):
+        return Path(cached)
+    download = lambda: hf_hub_download(repo, path, repo_type="dataset", revision=revision, local_dir=staging)  # noqa: E731
+    return Path(_with_retries(download, file.name))
+
+
+def release(file: SourceFile, staging: Path) -> None:
+    """Delete the copy of ``file`` that :func:`acquire` downloaded into ``staging``, if any."""
+    with contextlib.suppress(FileNotFoundError):
+        (staging / file.name).unlink()
+
+
+def clear_staging(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _with_retries(call: Callable[[], T], what: str) -> T:
+    """Run ``call``, retrying transient Hub errors with exponential backoff and jitter."""
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            return call()
+        except SourceError:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified below, re-raised as SourceError
+            transient, message = describe_hub_error(e, what)
+            if not transient or attempt == RETRY_ATTEMPTS - 1:
+                raise SourceError(message) from e
+            time.sleep(RETRY_BASE_SECONDS * 2**attempt * (0.5 + random.random() / 2))
+    raise AssertionError("unreachable")
+
+
+def describe_hub_error(e: Exception, what: str) -> tuple[bool, str]:
+    """Whether ``e`` is worth retrying, and a message naming its cause and remedy."""
+    from huggingface_hub import errors as hf
+
+    try:
+        from datasets.exceptions import DatasetNotFoundError
+    except ImportError:  # older datasets
+        DatasetNotFoundError = ()  # type: ignore[assignment]  # noqa: N806
+
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, hf.GatedRepoError) or (isinstance(e, DatasetNotFoundError) and "gated" in str(e).lower()):
+        return False, (
+            f"{what} is gated: accept its terms on the Hub, then set HF_TOKEN to a token of that account "
+            "(or run `hf auth login`)"
+        )
+    if isinstance(e, hf.RevisionNotFoundError):
+        return False, f"{what}: revision not found; check --revision (a branch, tag or commit of the repository)"
+    if isinstance(e, (hf.RepositoryNotFoundError, DatasetNotFoundError)):
+        return False, (
+            f"{what} was not found, or needs authentication: check --source, and set HF_TOKEN if it is private"
+        )
+    if isinstance(e, hf.RemoteEntryNotFoundError if hasattr(hf, "RemoteEntryNotFoundError") else hf.EntryNotFoundError):
+        return False, f"{what} is not in the repository: check --source and --revision"
+    if isinstance(e, hf.LocalEntryNotFoundError) or "offline" in str(e).lower():
+        return False, (
+            f"{what} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is set, or "
+            "the network is down); unset HF_HUB_OFFLINE, check the network or HF_ENDPOINT, or use --source DIR"
+        )
+    if status == 429:
+        return True, f"the Hub is rate-limiting requests for {what} (HTTP 429); wait a few minutes and rerun"
+    if status in (401, 403):
+        return False, f"the Hub refused access to {what} (HTTP {status}); set HF_TOKEN to a valid token"
+    if status is not None and status >= 500:
+        return True, f"the Hub answered HTTP {status} for {what}; it may be down: retry later"
+    if isinstance(e, (ConnectionError, TimeoutError, OSError)) or "connect" in type(e).__name__.lower() or "timeout" in type(e).__name__.lower():
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        return True, (
+            f"cannot reach the Hub at {endpoint} for {what} ({e}); check the network, proxy and HF_ENDPOINT, "
+            "then rerun the same command to resume"
+        )
+    return False, f"reading {what} failed: {type(e).__name__}: {e}"
+
+
+def read_rows(
+    path: Path, columns: list[str], start: int = 0, stop: int | None = None, batch_size: int = 1024
+) -> Iterator[pa.RecordBatch]:
+    """Rows ``start`` to ``stop`` of a parquet file, in order, reading only the row groups that hold them."""
+    pf = pq.ParquetFile(path)
+    stop = pf.metadata.num_rows if stop is None else min(stop, pf.metadata.num_rows)
+    groups, first = [], None
+    offset = 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    if not groups:
+        return
+    position = first
+    for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns, use_threads=False):
+        lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)
+        position += batch.num_rows
+        if hi > lo:
+            yield batch.slice(lo, hi - lo) if (lo, hi) != (0, batch.num_rows) else batch
+        if position >= stop:
+            return

@@ -1,0 +1,152 @@
+"""The work of one chunk, run in a worker process: read rows, fetch contents, render, write a part."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from . import parts, source
+from .source import SourceFile
+from .template import Template
+
+#: rows per batch read from parquet; small enough to keep memory flat, large enough to amortise per-batch work
+BATCH_ROWS = 1024
+#: seconds between progress reports from a worker
+REPORT_EVERY = 0.3
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows ``start`` to ``stop`` (None: the end) of one source file; chunk ``index`` in dataset order."""
+
+    index: int
+    file: SourceFile
+    start: int = 0
+    stop: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every chunk of a run shares; sent once to each worker process."""
+
+    parts_dir: Path
+    staging_dir: Path
+    template: Template
+    jsonl: bool
+    separator: bytes
+    max_bytes: int | None
+    columns: tuple[str, ...]  # columns read from the parquet files
+    s3: object | None = None  # hydrate.S3Options for subsets whose text lives in S3
+    threads: int = 1  # S3 requests in flight per worker process
+
+
+_job: Job | None = None
+_progress = None  # multiprocessing queue of (rows, documents, bytes, skipped) deltas
+_hydrator = None
+
+
+def init(job: Job, progress_queue) -> None:
+    """Set up a worker process: Ctrl-C is the parent's to handle, and the worker dies with its parent."""
+    global _job, _progress
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    _job, _progress = job, progress_queue
+
+
+def run_chunk(chunk: Chunk) -> parts.PartInfo:
+    """Process ``chunk`` into its part; returns the part's counters."""
+    job = _job
+    assert job is not None, "worker.init was not called"
+    path = source.acquire(chunk.file, job.staging_dir)
+    writer = parts.PartWriter(job.parts_dir, chunk.index, job.separator, job.max_bytes)
+    rows = 0
+    reported, last_report = [0, 0, 0, 0], time.monotonic()
+    try:
+        for batch in source.read_rows(path, list(job.columns), chunk.start, chunk.stop, BATCH_ROWS):
+            first, count = rows, batch.num_rows
+            positions: Sequence[int] = range(first, first + count)
+            if job.s3 is not None:
+                batch, positions = _hydrate(batch, positions, writer, job)
+            taken = writer.write(positions, _render(batch, job))
+            rows = positions[taken - 1] + 1 if taken < len(positions) else first + count
+            if time.monotonic() - last_report > REPORT_EVERY:
+                reported, last_report = _report(writer, rows, reported), time.monotonic()
+            if writer.full:
+                break
+        info = writer.finish(rows)
+    except BaseException:
+        writer.abort()
+        raise
+    _report(writer, rows, reported)
+    if chunk.start == 0 and chunk.stop is None:
+        source.release(chunk.file, job.staging_dir)
+    return info
+
+
+def _hydrate(
+    batch: pa.RecordBatch, positions: Sequence[int], writer: parts.PartWriter, job: Job
+) -> tuple[pa.RecordBatch, list[int]]:
+    """Fetch the text of each row from S3; rows whose blob is missing, corrupt or invalid are skipped."""
+    global _hydrator
+    from .hydrate import BlobStatus, Hydrator
+
+    if _hydrator is None:
+        _hydrator = Hydrator(job.s3, job.threads)
+    ids = batch.column("blob_id").to_pylist()
+    blobs = _hydrator.fetch(ids)
+    keep, texts, kept_rows = [], [], []
+    for i, (blob_id, blob) in enumerate(zip(ids, blobs)):
+        if blob.status is BlobStatus.OK:
+            keep.append(i)
+            texts.append(blob.text)
+            kept_rows.append(positions[i])
+        else:
+            writer.skip(positions[i], blob.status.value, blob_id or "")
+    hydrated = batch.take(pa.array(keep, pa.int64())) if len(keep) < batch.num_rows else batch
+    hydrated = pa.RecordBatch.from_arrays(
+        [*hydrated.columns, pa.array(texts, pa.string())], names=[*hydrated.schema.names, "text"]
+    )
+    return hydrated, kept_rows
+
+
+def _render(batch: pa.RecordBatch, job: Job) -> list[str]:
+    documents = job.template.render(batch)
+    if not job.jsonl:
+        return documents
+    lines = []
+    for row, doc in zip(batch.to_pylist(), documents):
+        if not doc or doc.isspace():
+            lines.append("")  # skipped by the writer as empty, like in txt
+            continue
+        row["text"] = doc
+        lines.append(json.dumps(row, ensure_ascii=False, default=_json_value) + "\n")
+    return lines
+
+
+def _json_value(value: object) -> str:
+    isoformat = getattr(value, "isoformat", None)
+    return isoformat() if isoformat else str(value)
+
+
+def _report(writer: parts.PartWriter, rows: int, reported: list[int]) -> list[int]:
+    now = [rows, writer.stats.documents, writer.stats.bytes, sum(writer.stats.skipped.values())]
+    if _progress is not None and now != reported:
+        _progress.put(tuple(a - b for a, b in zip(now, reported)))
+    return now
+
+
+def _die_with_parent() -> None:
+    # A worker orphaned by kill -9 of the parent would otherwise finish its chunk unobserved.
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
