@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .errors import OutputError
 from .stats import Stats
 
 #: the options that decide the bytes of the output; a rerun with other values is another fetch
@@ -82,9 +83,13 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> "Manifest | None":
         try:
-            return cls.from_json(json.loads(path.read_text()))
-        except FileNotFoundError:
+            text = path.read_text()
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            return cls.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as e:
+            raise OutputError(f"{path} cannot be read ({e}); rerun with --overwrite to start again") from None
 
 
 def _now() -> str:

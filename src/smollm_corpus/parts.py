@@ -9,14 +9,16 @@ finished only when its json exists, so a crash never leaves a half part that loo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import OutputError
 from .stats import Stats
 
 
@@ -38,6 +40,10 @@ class PartWriter:
     """Writes the documents of one chunk to a part, stopping once it holds ``max_bytes``."""
 
     def __init__(self, folder: Path, chunk: int, separator: bytes, max_bytes: int | None) -> None:
+        with _writing(folder):
+            self._open(folder, chunk, separator, max_bytes)
+
+    def _open(self, folder: Path, chunk: int, separator: bytes, max_bytes: int | None) -> None:
         self.folder, self.chunk = folder, chunk
         self.separator = separator
         self.max_bytes = max_bytes
@@ -83,7 +89,8 @@ class PartWriter:
         return len(documents)
 
     def _flush(self, pieces: list[bytes], offset: int) -> None:
-        self._out.write(b"".join(pieces))
+        with _writing(self.folder):
+            self._out.write(b"".join(pieces))
         self.stats.bytes = offset
 
     def finish(self, rows: int) -> PartInfo:
@@ -92,6 +99,10 @@ class PartWriter:
         self.skipped_rows = [r for r in self.skipped_rows if r[0] < rows]
         self.stats.skipped = Counter(r[1] for r in self.skipped_rows)
         self.stats.rows = rows
+        with _writing(self.folder):
+            return self._finish()
+
+    def _finish(self) -> PartInfo:
         data, idx, meta = paths(self.folder, self.chunk)
         _durable_close(self._out)
         os.replace(self._data_tmp, data)
@@ -146,6 +157,17 @@ def cut(folder: Path, chunk: int, info: PartInfo, budget: int) -> tuple[int, Par
 def remove(folder: Path, chunk: int) -> None:
     for p in paths(folder, chunk):
         p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(
+            f"writing in {folder} failed: {e.strerror}; free some space (or fix permissions), "
+            "then run the same command again to resume"
+        ) from None
 
 
 def _durable_close(f) -> None:

@@ -393,13 +393,20 @@ class _Run:
                     remaining -= len(block)
             self._out.flush()
             os.fsync(self._out.fileno())
+            self._record(chunk, info, size + len(sep))
         except OSError as e:
             raise OutputError(
                 f"writing {self.partial} failed: {e.strerror}; free some space (or fix permissions), "
                 "then run the same command again to resume"
             ) from e
-        info.stats.bytes = size + len(sep)
-        stats.add(info.stats)
+        parts.remove(self.parts_dir, chunk.index)
+        if last:
+            source.release(chunk.file, self.staging_dir)
+        return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
+
+    def _record(self, chunk: Chunk, info: parts.PartInfo, appended: int) -> None:
+        info.stats.bytes = appended
+        self.manifest.stats.add(info.stats)
         for _, reason, detail in info.skipped_rows:
             if reason == "missing":
                 self.manifest.missing_blobs.append(detail)
@@ -407,10 +414,6 @@ class _Run:
                 self.manifest.corrupt_blobs.append(detail)
         self.manifest.chunks_done = chunk.index + 1
         self.manifest.save(self.manifest_path)
-        parts.remove(self.parts_dir, chunk.index)
-        if last:
-            source.release(chunk.file, self.staging_dir)
-        return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
 
     def _complete(self, digest) -> None:
         self._out.close()

@@ -1,0 +1,45 @@
+"""Shared fixtures: an isolated environment, a local mirror of the Hub repository, the installed CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirror import build_mirror
+
+CLI = str(Path(sys.executable).with_name("smollm-corpus"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    """No test reads the user's caches or credentials, or reaches beyond 127.0.0.1."""
+    home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "aws_config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws_credentials"))
+    for name in ("SMOLLM_CORPUS_SOURCE", "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory) -> Path:
+    """A small mirror of the Hub repository: three subsets, several parquet files each."""
+    return build_mirror(tmp_path_factory.mktemp("mirror"))
+
+
+@pytest.fixture(scope="session")
+def big_mirror(tmp_path_factory) -> Path:
+    """Enough text subset data (a few seconds of work) to interrupt a run in the middle."""
+    return build_mirror(tmp_path_factory.mktemp("big_mirror"), {"fineweb-edu-dedup": [6000] * 10}, row_group_size=500)
+
+
+def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``smollm-corpus`` in a subprocess, as a user would."""
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy(), **kwargs)

@@ -1,0 +1,108 @@
+"""Interrupt a fetch in every way a user can, rerun the same command, get the same bytes."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI, run_cli
+
+SUBSET = "fineweb-edu-dedup"
+
+
+@pytest.fixture(scope="module")
+def reference(big_mirror, tmp_path_factory) -> bytes:
+    """The output of one uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference")
+    result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(out), "-q", "--num-proc", "2")
+    assert result.returncode == 0, result.stderr
+    return (out / SUBSET / "input.txt").read_bytes()
+
+
+def start(mirror: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([CLI, "fetch", SUBSET, "--source", str(mirror), "-o", str(out), "--num-proc", "2", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_chunks(out: Path, chunks: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    manifest = out / SUBSET / "manifest.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(manifest.read_text())["chunks_done"] >= chunks:
+                return
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.01)
+    pytest.fail(f"the run ended or stalled before {chunks} chunks were written")
+
+
+@pytest.mark.parametrize("chunks", [0, 3, 8])
+def test_resume_after_kill_9_gives_identical_output(big_mirror, tmp_path, reference, chunks):
+    proc = start(big_mirror, tmp_path, "-q")
+    if chunks:
+        wait_for_chunks(tmp_path, chunks, proc)
+    else:
+        time.sleep(1.0)  # while workers are starting or writing their first parts
+    proc.kill()
+    proc.wait(timeout=30)
+    assert not (tmp_path / SUBSET / "input.txt").exists()
+    result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "--num-proc", "2")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / SUBSET / "input.txt").read_bytes() == reference
+    if chunks:
+        assert "resuming fineweb-edu-dedup after" in result.stderr
+    manifest = json.loads((tmp_path / SUBSET / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["bytes"] == len(reference)
+    assert not (tmp_path / SUBSET / ".parts").exists() and not (tmp_path / SUBSET / "input.txt.incomplete").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(big_mirror, tmp_path, reference, sig):
+    proc = start(big_mirror, tmp_path)
+    wait_for_chunks(tmp_path, 2, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "rows of fineweb-edu-dedup are safely written; run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "--num-proc", "1", "-q")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / SUBSET / "input.txt").read_bytes() == reference
+
+
+def test_disk_full_keeps_partial_output_resumable(big_mirror, tmp_path, reference):
+    def small_disk():  # writes past 6 MB fail with EFBIG, like a full disk fails with ENOSPC
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 20, 6 << 20))
+
+    args = [CLI, "fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "-q"]
+    full = subprocess.run(args, capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
+    assert full.returncode == 1
+    assert "failed: File too large; free some space (or fix permissions), then run the same command again to resume" in full.stderr
+    assert "Traceback" not in full.stderr
+    result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "-q")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / SUBSET / "input.txt").read_bytes() == reference
+
+
+def test_output_folder_not_writable_is_a_clear_error(mirror, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli("fetch", "cosmopedia-v2", "--source", str(mirror), "-o", str(blocker / "out"))
+    assert result.returncode == 1
+    assert "cannot create the output folder" in result.stderr and "choose another --out-dir" in result.stderr
+
+
+def test_rerun_of_complete_fetch_says_so(mirror, tmp_path):
+    args = ("fetch", "cosmopedia-v2", "--source", str(mirror), "-o", str(tmp_path), "--limit", "5")
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 0
+    assert "cosmopedia-v2: already complete in" in again.stderr and "nothing to do" in again.stderr
