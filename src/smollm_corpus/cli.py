@@ -91,7 +91,7 @@ def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, fo
     for name in subsets:
         if name not in SUBSETS:
             raise click.UsageError(f"unknown subset {name!r}; choose one of: {', '.join(SUBSETS)}")
-    logging.basicConfig(format="%(message)s", level=logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+    _log_to_stderr(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     for name in subsets or SUBSETS:
         try:
@@ -99,11 +99,20 @@ def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, fo
                            progress=None if quiet else _Bar(), **options)
         except SmollmCorpusError as e:
             if verbose:
-                logging.exception("traceback")
+                logging.getLogger("smollm_corpus").exception("traceback")
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         if not quiet:
             click.echo(_summary(result), err=True)
+
+
+def _log_to_stderr(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("smollm_corpus")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def _raise_interrupt(signum, frame) -> None:

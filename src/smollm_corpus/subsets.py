@@ -53,7 +53,7 @@ SUBSETS: dict[str, Subset] = {
             7_678_448,
             "0.64 GB of ids; about 12 GB of code from S3",
             ("blob_id", "repo_name", "path", "length_bytes", "score", "int_score"),
-            {"text": _text(), "nanogpt": Preset("# {repo_name}/{path}\n{text}", "\n", strip=True)},
+            {"text": _text(), "nanogpt": Preset("# {repo_name}: {path}\n{text}", "\n", strip=True)},
             hydrated=True,
         ),
         Subset(
