@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# Before datasets and huggingface_hub are imported (they read these once): no request may leave
+# 127.0.0.1, neither datasets' download counter nor boto3's instance-metadata probe.
+os.environ.update(HF_UPDATE_DOWNLOAD_COUNTS="0", HF_HUB_DISABLE_TELEMETRY="1", AWS_EC2_METADATA_DISABLED="true")
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +44,7 @@ def big_mirror(tmp_path_factory) -> Path:
     return build_mirror(tmp_path_factory.mktemp("big_mirror"), {"fineweb-edu-dedup": [6000] * 10}, row_group_size=500)
 
 
-def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """Run the installed ``smollm-corpus`` in a subprocess, as a user would."""
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy(), **kwargs)
+def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed ``smollm-corpus`` in a subprocess, as a user would; ``env`` adds variables."""
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, **kwargs)

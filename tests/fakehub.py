@@ -62,6 +62,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator, Mapping
@@ -204,6 +205,7 @@ class FakeHub:
         server, self._server = self._server, None
         if server is None:
             return
+        server.closing.set()  # unblocks an accept loop waiting for a free connection slot
         server.shutdown()
         server.close_connections()  # idle keep-alive connections would otherwise block the join below
         server.server_close()  # joins the handler threads
@@ -235,7 +237,6 @@ class FakeHub:
             "HF_UPDATE_DOWNLOAD_COUNTS": "0",
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "HF_HUB_OFFLINE": "0",
             "HF_DATASETS_OFFLINE": "0",
             "AWS_EC2_METADATA_DISABLED": "true",
@@ -256,7 +257,11 @@ class FakeHub:
         retry_after: int | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Answer the next ``n`` requests (``None``: all) whose path contains ``match`` with ``status``."""
+        """Answer the next ``n`` requests (``None``: all) whose path contains ``match`` with ``status``.
+
+        Injected failures come first, before any routing, so they also hit the "CDN" (``match="/repos/"``)
+        and the redirect targets.  Bodies and headers mimic the Hub's own 429/5xx answers.
+        """
         extra = dict(headers or {})
         if retry_after is not None:
             extra["Retry-After"] = str(retry_after)
@@ -311,13 +316,14 @@ class FakeHub:
         if cached is not None:
             return cached
 
-        def chunks() -> Iterator[bytes]:
+        sha256 = hashlib.sha256()
+
+        def chunks() -> Iterator[bytes]:  # one pass computes both the git oid and the LFS sha256
             with full.open("rb") as f:
                 while chunk := f.read(_CHUNK):
                     sha256.update(chunk)
                     yield chunk
 
-        sha256 = hashlib.sha256()
         blob_oid = _git_blob_oid(st.st_size, chunks())
         if Path(path).suffix in LFS_SUFFIXES or st.st_size >= _LFS_SIZE_THRESHOLD:
             digest = sha256.hexdigest()
@@ -376,7 +382,7 @@ class FakeHub:
         url = urlsplit(raw_path)
         query = parse_qs(url.query, keep_blank_values=True)
         lowered = {k.lower(): v for k, v in headers.items()}
-        response = self._injected_failure(url.path, lowered)
+        response = self._injected_failure(url.path)
         if response is None:
             try:
                 response = self._route(method, url.path, query, lowered, body)
@@ -391,17 +397,15 @@ class FakeHub:
             self._requests.append(record)
         return response
 
-    def _injected_failure(self, path: str, headers: Mapping[str, str]) -> _Response | None:
+    def _injected_failure(self, path: str) -> _Response | None:
         with self._lock:
-            failure = next(
-                (f for f in self._failures
-                 if (f.remaining is None or f.remaining > 0) and (f.match is None or f.match in unquote(path))),
-                None,
-            )
+            failure = next((f for f in self._failures if f.match is None or f.match in unquote(path)), None)
             if failure is None:
                 return None
             if failure.remaining is not None:
                 failure.remaining -= 1
+                if failure.remaining == 0:
+                    self._failures.remove(failure)
         extra = dict(failure.headers)
         if failure.status == 429:
             message = "You have exceeded our rate limit. Please retry later."
@@ -418,34 +422,36 @@ class FakeHub:
     def _route(
         self, method: str, path: str, query: dict[str, list[str]], headers: Mapping[str, str], body: bytes
     ) -> _Response:
+        read = method in ("GET", "HEAD")
         parts = path.split("/")[1:]
-        if parts[:1] == ["repos"] and len(parts) >= 2:
-            return self._serve_cdn(method, unquote(parts[-1]), headers)
-        if parts[:1] == ["api"]:
-            if parts[1:2] == ["resolve-cache"] and len(parts) >= 7:
-                repo_type, repo_id = self._repo(parts[2], parts[3:5], headers)
-                return self._serve_file(method, repo_type, self._file_path(parts[6:]), parts[5], headers)
+        if parts[0] == "repos" and len(parts) >= 2 and read:
+            return self._serve_cdn(unquote(parts[-1]), headers)
+        if parts[0] == "api":
+            if parts[1:2] == ["resolve-cache"] and len(parts) >= 7 and read:
+                # /api/resolve-cache/{kind}/{namespace}/{name}/{commit}/{path}
+                self._repo(parts[2], parts[3:5], headers)
+                return self._serve_file(_repo_path(parts[6:]), self._revision(unquote(parts[5])), headers)
             if len(parts) >= 4 and parts[1] in ("models", "datasets", "spaces"):
-                return self._api(method, parts[1], parts[2:4], parts[4:], query, headers, body)
-        else:
-            # /{repo_id}/resolve/... for models, /{datasets|spaces}/{repo_id}/resolve/... otherwise
-            offset = 1 if parts[:1] in (["datasets"], ["spaces"]) else 0
-            kind = parts[0] if offset else "models"
+                self._repo(parts[1], parts[2:4], headers)
+                return self._api(method, parts[4:], query, headers, body)
+        elif read:
+            # /{namespace}/{name}/resolve/... for models, /{datasets|spaces}/{namespace}/{name}/resolve/... otherwise
+            offset = 1 if parts[0] in ("datasets", "spaces") else 0
             if len(parts) >= offset + 5 and parts[offset + 2] == "resolve":
-                self._repo(kind, parts[offset:offset + 2], headers)
-                revision = self._revision(unquote(parts[offset + 3]))
-                return self._resolve(method, self._file_path(parts[offset + 4:]), revision, headers)
+                self._repo(parts[0] if offset else "models", parts[offset:offset + 2], headers)
+                sha = self._revision(unquote(parts[offset + 3]))
+                return self._resolve(_repo_path(parts[offset + 4:]), sha, headers)
         raise _error(404, "Sorry, we can't find the page you are looking for.")
 
-    def _repo(self, kind: str, id_parts: list[str], headers: Mapping[str, str]) -> tuple[str, str]:
+    def _repo(self, kind: str, id_parts: list[str], headers: Mapping[str, str]) -> None:
         repo_id = "/".join(unquote(p) for p in id_parts)
         if not self.repo_exists or kind != f"{self.repo_type}s" or repo_id != self.repo_id:
             # Anonymous callers get 401 for missing and private repos alike, as on the real Hub.
             status = 404 if "authorization" in headers else 401
             raise _error(status, "Repository not found", "RepoNotFound")
-        return kind, repo_id
 
     def _revision(self, revision: str) -> str:
+        """Commit sha of a branch name or of the commit itself; anything else is an unknown revision."""
         revision = revision.removeprefix("refs/heads/")
         if revision in self.branches:
             return self.branches[revision]
@@ -453,36 +459,25 @@ class FakeHub:
             return self.sha
         raise _error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
-    @staticmethod
-    def _file_path(parts: list[str]) -> str:
-        path = "/".join(unquote(p) for p in parts)
-        if any(p in ("", ".", "..") for p in path.split("/")):
-            raise _error(400, f"Invalid path: {path}")
-        return path
-
     def _api(
-        self,
-        method: str,
-        kind: str,
-        id_parts: list[str],
-        rest: list[str],
-        query: dict[str, list[str]],
-        headers: Mapping[str, str],
-        body: bytes,
+        self, method: str, rest: list[str], query: dict[str, list[str]], headers: Mapping[str, str], body: bytes
     ) -> _Response:
-        self._repo(kind, id_parts, headers)
-        if not rest and method == "GET":
+        read = method in ("GET", "HEAD")
+        action = rest[0] if rest else ""
+        if not rest and read:
             return self._repo_info(self._revision("main"), query)
-        if len(rest) == 2 and rest[0] == "revision" and method == "GET":
+        if action == "revision" and len(rest) == 2 and read:
             return self._repo_info(self._revision(unquote(rest[1])), query)
-        if len(rest) >= 2 and rest[0] == "tree" and method == "GET":
+        if action == "tree" and len(rest) >= 2 and read:
             revision = unquote(rest[1])
-            self._revision(revision)
-            return self._tree(revision, "/".join(unquote(p) for p in rest[2:]).strip("/"), query)
-        if len(rest) == 2 and rest[0] == "paths-info" and method == "POST":
+            # The client sends the folder as one %2F-encoded segment; raw slashes work too.
+            folder = unquote("/".join(rest[2:])).strip("/")
+            path = _safe_path(folder) if folder else ""
+            return self._tree(revision, self._revision(revision), path, query)
+        if action == "paths-info" and len(rest) == 2 and method == "POST":
             self._revision(unquote(rest[1]))
             return self._paths_info(headers, body)
-        if rest == ["refs"] and method == "GET":
+        if action == "refs" and len(rest) == 1 and read:
             branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": c} for n, c in self.branches.items()]
             return _json(200, {"branches": branches, "converts": [], "tags": []})
         raise _error(404, "Sorry, we can't find the page you are looking for.")
@@ -523,15 +518,12 @@ class FakeHub:
             info = {k: v for k, v in info.items() if k in ("_id", "id") or k in expand}
         return _json(200, info)
 
-    def _tree(self, revision: str, path: str, query: dict[str, list[str]]) -> _Response:
+    def _tree(self, revision: str, sha: str, path: str, query: dict[str, list[str]]) -> _Response:
         recursive, expand = _truthy(query.get("recursive")), _truthy(query.get("expand"))
         if path and not (self.root / path).exists():
-            raise _error(404, f'"{path}" does not exist on "{revision}"', "EntryNotFound",
-                         {"X-Repo-Commit": self._revision(revision)})
-        if path and not self._is_dir(path):
-            entries = [path]  # the Hub lists a file path as the file itself
-        else:
-            entries = self._children(path, recursive)
+            raise _error(404, f'"{path}" does not exist on "{revision}"', "EntryNotFound", {"X-Repo-Commit": sha})
+        # The Hub lists a file path as the file itself.
+        entries = self._children(path, recursive) if self._is_dir(path) else [path]
         page_size = self.tree_page_size or (50 if expand else 1000)
         start = int(base64.urlsafe_b64decode(query["cursor"][0]).decode()) if "cursor" in query else 0
         page = [self._path_info(p, expand) for p in entries[start:start + page_size]]
@@ -572,11 +564,18 @@ class FakeHub:
             form = parse_qs(body.decode(), keep_blank_values=True)
             paths, expand = form.get("paths", []), _truthy(form.get("expand"))
         paths = [paths] if isinstance(paths, str) else paths
-        # Missing paths are silently skipped, as the Hub does.
-        found = [p.strip("/") for p in paths if p.strip("/") and (self.root / p.strip("/")).exists()]
+        # Missing (and malformed) paths are silently skipped, as the Hub does.
+        found = []
+        for raw in paths:
+            try:
+                path = _safe_path(raw.strip("/"))
+            except _HubError:
+                continue
+            if (self.root / path).exists():
+                found.append(path)
         return _json(200, [self._path_info(p, expand) for p in found])
 
-    def _resolve(self, method: str, path: str, sha: str, headers: Mapping[str, str]) -> _Response:
+    def _resolve(self, path: str, sha: str, headers: Mapping[str, str]) -> _Response:
         if self.gated:
             kind = self.repo_type
             if "authorization" in headers:
@@ -605,14 +604,13 @@ class FakeHub:
             "X-Linked-Size": str(entry.size),
         })
 
-    def _serve_file(self, method: str, kind: str, path: str, sha_part: str, headers: Mapping[str, str]) -> _Response:
-        sha = self._revision(unquote(sha_part))
+    def _serve_file(self, path: str, sha: str, headers: Mapping[str, str]) -> _Response:
         if not (self.root / path).is_file():
             raise _error(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": sha})
         entry = self._entry(path)
         return self._content(path, entry, headers, {"X-Repo-Commit": sha, "ETag": f'"{entry.oid}"'})
 
-    def _serve_cdn(self, method: str, sha256: str, headers: Mapping[str, str]) -> _Response:
+    def _serve_cdn(self, sha256: str, headers: Mapping[str, str]) -> _Response:
         with self._lock:
             path = self._lfs_objects.get(sha256)
         if path is None or not (self.root / path).is_file():
@@ -638,6 +636,17 @@ class FakeHub:
                          file=(self.root / path, start, end - start + 1), repo_file=path)
 
 
+def _safe_path(path: str) -> str:
+    """A decoded repo-relative path, refusing anything that could escape the repository root."""
+    if any(p in ("", ".", "..") for p in path.split("/")) or "\\" in path:
+        raise _error(400, f"Invalid path: {path}")
+    return path
+
+
+def _repo_path(parts: list[str]) -> str:
+    return _safe_path("/".join(unquote(p) for p in parts))
+
+
 def _redirect(status: int, location: str, headers: Mapping[str, str]) -> _Response:
     body = f"{HTTPStatus(status).phrase}. Redirecting to {location}".encode()
     return _Response(status, {"Location": location, "Content-Type": "text/plain; charset=utf-8", **headers}, body)
@@ -647,24 +656,23 @@ def _truthy(values: list[str] | None) -> bool:
     return bool(values) and values[-1].lower() in ("1", "true", "yes")
 
 
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+
+
 def _parse_range(spec: str, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """Single ``bytes=`` range as inclusive (start, end); None means "ignore the header"."""
-    unit, _, ranges = spec.partition("=")
-    if unit.strip().lower() != "bytes" or "," in ranges:
-        return None  # multi-range and other units: answer with the full body, as RFC 9110 allows
-    first, sep, last = ranges.strip().partition("-")
-    if not sep or not (first or last) or not (first.isdigit() or not first) or not (last.isdigit() or not last):
-        return None
+    """A single ``bytes=`` range as inclusive (start, end); None means "ignore the header"."""
+    match = _RANGE.fullmatch(spec)
+    if match is None or not any(match.groups()):
+        return None  # multi-range or another unit: answer with the full body, as RFC 9110 allows
+    first, last = match.groups()
     if not first:  # suffix range: the last N bytes
-        length = int(last)
-        if length == 0 or size == 0:
+        if int(last) == 0 or size == 0:
             return "unsatisfiable"
-        return max(0, size - length), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+        return max(0, size - int(last)), size - 1
+    start, end = int(first), (int(last) if last else size - 1)
+    if start >= size or end < start:
         return "unsatisfiable"
-    return start, end
+    return start, min(end, size - 1)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -722,13 +730,13 @@ class _Server(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        self._closing = threading.Event()
+        self.closing = threading.Event()
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Back-pressure instead of unbounded threads: wait for a slot, but never past shutdown.
         while not self._slots.acquire(timeout=0.05):
-            if self._closing.is_set():
+            if self.closing.is_set():
                 self.shutdown_request(request)
                 return
         with self._open_lock:
@@ -747,7 +755,6 @@ class _Server(ThreadingHTTPServer):
         pass  # clients hanging up mid-response (e.g. closed streams) are expected
 
     def close_connections(self) -> None:
-        self._closing.set()
         with self._open_lock:
             conns = list(self._open)
         for conn in conns:

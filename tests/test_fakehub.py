@@ -36,13 +36,14 @@ SECOND = "python-edu/train-00001-of-00002.parquet"
 
 
 @pytest.fixture(scope="session")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_mirror(tmp_path_factory.mktemp("mirror"))
+def hub_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our own default-layout mirror, so the row counts below do not depend on other fixtures."""
+    return build_mirror(tmp_path_factory.mktemp("hub_mirror"))
 
 
 @pytest.fixture
-def hub(mirror: Path) -> Iterator[FakeHub]:
-    with FakeHub(mirror) as hub:
+def hub(hub_mirror: Path) -> Iterator[FakeHub]:
+    with FakeHub(hub_mirror) as hub:
         yield hub
 
 
@@ -89,30 +90,30 @@ def test_dataset_info_returns_the_commit_sha(env: FakeHub) -> None:
     info = huggingface_hub.HfApi().dataset_info(REPO, revision="main")
     assert info.sha == env.sha
     assert info.card_data is not None and info.card_data.license == "odc-by"
-    assert f"{'python-edu'}/train-00000-of-00002.parquet" in [s.rfilename for s in info.siblings or []]
+    assert FIRST in [s.rfilename for s in info.siblings or []]
 
 
-def test_dataset_info_files_metadata(env: FakeHub, mirror: Path) -> None:
+def test_dataset_info_files_metadata(env: FakeHub, hub_mirror: Path) -> None:
     info = huggingface_hub.HfApi().dataset_info(REPO, files_metadata=True)
     siblings = {s.rfilename: s for s in info.siblings or []}
-    assert siblings[FIRST].size == (mirror / FIRST).stat().st_size
+    assert siblings[FIRST].size == (hub_mirror / FIRST).stat().st_size
     assert siblings[FIRST].lfs is not None and siblings["README.md"].lfs is None
 
 
 def test_hf_hub_download_is_byte_exact_and_fetches_only_that_file(
-    env: FakeHub, mirror: Path, tmp_path: Path
+    env: FakeHub, hub_mirror: Path, tmp_path: Path
 ) -> None:
     path = _download(env, tmp_path)
 
-    assert Path(path).read_bytes() == (mirror / FIRST).read_bytes()
+    assert Path(path).read_bytes() == (hub_mirror / FIRST).read_bytes()
     assert env.downloaded_files() == [FIRST]
     methods = [(r.method, r.status) for r in env.requests]
     assert methods == [("HEAD", 302), ("GET", 200)]  # metadata from the redirect, bytes from the "CDN"
 
 
-def test_hf_hub_download_by_branch_into_cache(env: FakeHub, mirror: Path) -> None:
+def test_hf_hub_download_by_branch_into_cache(env: FakeHub, hub_mirror: Path) -> None:
     path = huggingface_hub.hf_hub_download(REPO, "README.md", repo_type="dataset", revision="main")
-    assert Path(path).read_bytes() == (mirror / "README.md").read_bytes()
+    assert Path(path).read_bytes() == (hub_mirror / "README.md").read_bytes()
     assert f"/snapshots/{env.sha}/" in path
 
 
@@ -125,8 +126,8 @@ def test_resolve_sends_no_xet_headers(env: FakeHub) -> None:
     assert "xet-auth" not in response.headers.get("Link", "")
 
 
-def test_range_requests(env: FakeHub, mirror: Path) -> None:
-    data = (mirror / FIRST).read_bytes()
+def test_range_requests(env: FakeHub, hub_mirror: Path) -> None:
+    data = (hub_mirror / FIRST).read_bytes()
     url = huggingface_hub.hf_hub_url(REPO, FIRST, repo_type="dataset", revision=env.sha)
     with httpx2.Client(follow_redirects=True) as client:
         part = client.get(url, headers={"Range": "bytes=10-19"})
@@ -138,7 +139,7 @@ def test_range_requests(env: FakeHub, mirror: Path) -> None:
     assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
 
 
-def test_hf_file_system_reads_parquet_footer_with_range_requests(env: FakeHub, mirror: Path) -> None:
+def test_hf_file_system_reads_parquet_footer_with_range_requests(env: FakeHub, hub_mirror: Path) -> None:
     fs = huggingface_hub.HfFileSystem(skip_instance_cache=True)
     uri = f"hf://datasets/{REPO}@{env.sha}/{FIRST}"
     with fs.open(uri) as f:
@@ -150,7 +151,7 @@ def test_hf_file_system_reads_parquet_footer_with_range_requests(env: FakeHub, m
 
     # A small block size shows that only the requested bytes travel.
     env.clear_requests()
-    size = (mirror / FIRST).stat().st_size
+    size = (hub_mirror / FIRST).stat().st_size
     with fs.open(uri, block_size=1024) as f:
         f.seek(-8, os.SEEK_END)
         assert f.read(8)[-4:] == b"PAR1"
@@ -166,10 +167,10 @@ def test_load_dataset_end_to_end_downloads_only_the_subset(env: FakeHub) -> None
     assert sorted(f for f in env.downloaded_files() if f.endswith(".parquet")) == [FIRST, SECOND]
 
 
-def test_tree_listing_paginates(env: FakeHub, mirror: Path) -> None:
+def test_tree_listing_paginates(env: FakeHub, hub_mirror: Path) -> None:
     env.tree_page_size = 2
     entries = list(huggingface_hub.HfApi().list_repo_tree(REPO, repo_type="dataset", recursive=True))
-    expected = {p.relative_to(mirror).as_posix() for p in mirror.rglob("*")}
+    expected = {p.relative_to(hub_mirror).as_posix() for p in hub_mirror.rglob("*")}
     assert {e.path for e in entries} == expected
     assert env.count("/tree/", "GET") == -(-len(expected) // 2)
 
@@ -308,8 +309,8 @@ def test_endpoint_and_request_log(hub: FakeHub) -> None:
     assert hub.requests == []
 
 
-def test_stop_closes_idle_keep_alive_connections(mirror: Path) -> None:
-    hub = FakeHub(mirror).start()
+def test_stop_closes_idle_keep_alive_connections(hub_mirror: Path) -> None:
+    hub = FakeHub(hub_mirror).start()
     client = httpx2.Client()
     assert client.get(f"{hub.endpoint}/api/datasets/{REPO}").status_code == 200  # connection stays pooled
     started = time.monotonic()
@@ -319,10 +320,10 @@ def test_stop_closes_idle_keep_alive_connections(mirror: Path) -> None:
     hub.stop()  # idempotent
 
 
-def test_concurrent_requests_are_bounded(mirror: Path) -> None:
+def test_concurrent_requests_are_bounded(hub_mirror: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    with FakeHub(mirror, max_connections=2) as hub:
+    with FakeHub(hub_mirror, max_connections=2) as hub:
         def fetch(_: int) -> int:
             return httpx2.get(f"{hub.endpoint}/api/datasets/{REPO}", headers={"Connection": "close"}).status_code
 
@@ -338,7 +339,7 @@ def test_network_guard_blocks_external_hosts(monkeypatch: pytest.MonkeyPatch) ->
     assert blocked == ["huggingface.co"]
 
 
-def test_subprocess_uses_env(hub: FakeHub, mirror: Path, tmp_path: Path) -> None:
+def test_subprocess_uses_env(hub: FakeHub, hub_mirror: Path, tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
@@ -357,4 +358,4 @@ def test_subprocess_uses_env(hub: FakeHub, mirror: Path, tmp_path: Path) -> None
     )
     sha, path = result.stdout.split()
     assert sha == hub.sha
-    assert Path(path).read_bytes() == (mirror / FIRST).read_bytes()
+    assert Path(path).read_bytes() == (hub_mirror / FIRST).read_bytes()

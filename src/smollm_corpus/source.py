@@ -145,15 +145,29 @@ def _rows(builder) -> int | None:
 
 @contextlib.contextmanager
 def _open(location: str) -> Iterator:
-    match = _HF_URL.match(location)
-    if match is None:
-        with open(location, "rb") as f:
+    """Open a file for small reads: from disk where it is local or cached, else by HTTP range requests."""
+    local = _local_copy(location)
+    if local is not None:
+        with open(local, "rb") as f:
             yield f
         return
     from huggingface_hub import HfFileSystem
 
     with HfFileSystem().open(location, "rb") as f:
         yield f
+
+
+def _local_copy(location: str) -> str | None:
+    """The path of ``location`` on this machine: itself, or its copy in the Hugging Face cache."""
+    match = _HF_URL.match(location)
+    if match is None:
+        return location
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(
+        match.group("repo"), match.group("path"), revision=unquote(match.group("revision")), repo_type="dataset"
+    )
+    return cached if isinstance(cached, str) else None
 
 
 def file_rows(file: SourceFile) -> int:
@@ -172,15 +186,14 @@ def acquire(file: SourceFile, staging: Path) -> Path:
     other is downloaded into ``staging``, and :func:`release` deletes it once it has been
     read, which keeps disk use to the files in progress.
     """
-    match = _HF_URL.match(file.location)
-    if match is None:
-        return Path(file.location)
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    local = _local_copy(file.location)
+    if local is not None:
+        return Path(local)
+    from huggingface_hub import hf_hub_download
 
+    match = _HF_URL.match(file.location)
+    assert match is not None
     repo, revision, path = match.group("repo"), unquote(match.group("revision")), match.group("path")
-    cached = try_to_load_from_cache(repo, path, revision=revision, repo_type="dataset")
-    if isinstance(cached, str):
-        return Path(cached)
     download = lambda: hf_hub_download(repo, path, repo_type="dataset", revision=revision, local_dir=staging)  # noqa: E731
     return Path(_with_retries(download, file.name))
 
