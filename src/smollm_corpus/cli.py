@@ -97,6 +97,9 @@ def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, fo
         try:
             result = fetch(name, out_dir, source_repo=source_repo, format=format_,
                            progress=None if quiet else _Bar(), **options)
+        except KeyboardInterrupt:  # before the fetch had anything to keep
+            click.echo(f"error: interrupted; run the same command again to resume {name}", err=True)
+            sys.exit(130)
         except SmollmCorpusError as e:
             if verbose:
                 logging.getLogger("smollm_corpus").exception("traceback")

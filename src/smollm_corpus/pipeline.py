@@ -34,8 +34,6 @@ from .worker import Chunk, Job
 
 log = logging.getLogger("smollm_corpus")
 
-#: rows per chunk where contents come from S3: small enough that a crash loses seconds, large enough to keep requests flowing
-HYDRATE_CHUNK_ROWS = 4096
 #: S3 requests in flight by default, over all worker processes
 DEFAULT_WORKERS = 64
 COPY_BLOCK = 8 << 20
@@ -253,7 +251,7 @@ class _Run:
         for file in self.src.files:
             if remaining == 0:
                 return
-            step = HYDRATE_CHUNK_ROWS if self.spec.hydrated else None
+            step = worker.HYDRATE_ROWS if self.spec.hydrated else None
             if step is None and remaining is None:
                 yield Chunk(index, file), True
                 index += 1
@@ -302,11 +300,9 @@ class _Run:
                 info = self._wait(future, queue, view, progress) if future else parts.read_info(self.parts_dir, chunk.index)
                 window.popleft()
                 if self._append(chunk, last, info, digest):
-                    finished = True
-                    for _, _, f in window:
-                        if f:
-                            f.cancel()
+                    finished = True  # the output is full: work still in the window is not needed
                     window.clear()
+                    _terminate(executor)
                 self._sync_view(view)
                 if progress:
                     progress(view)

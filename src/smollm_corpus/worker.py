@@ -17,6 +17,9 @@ from .template import Template
 
 #: rows per batch read from parquet; small enough to keep memory flat, large enough to amortise per-batch work
 BATCH_ROWS = 1024
+#: rows per chunk, and per batch, where contents come from S3: small enough that a crash loses
+#: seconds of work, large enough that the requests in flight rarely wait for a batch's last one
+HYDRATE_ROWS = 4096
 #: seconds between progress reports from a worker
 REPORT_EVERY = 0.3
 
@@ -68,7 +71,9 @@ def run_chunk(chunk: Chunk) -> parts.PartInfo:
     rows = 0
     reported, last_report = [0, 0, 0, 0], time.monotonic()
     try:
-        for batch in source.read_rows(path, list(job.columns), chunk.start, chunk.stop, BATCH_ROWS):
+        # Contents are fetched a whole chunk at a time, so that requests keep flowing across batch boundaries.
+        batch_rows = HYDRATE_ROWS if job.s3 is not None else BATCH_ROWS
+        for batch in source.read_rows(path, list(job.columns), chunk.start, chunk.stop, batch_rows):
             first, count = rows, batch.num_rows
             positions: Sequence[int] = range(first, first + count)
             if job.s3 is not None:
