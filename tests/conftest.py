@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mirror import build_mirror
+import pyarrow as pa
+
+from mirror import build_mirror, rows_for
 
 CLI = str(Path(sys.executable).with_name("smollm-corpus"))
 
@@ -38,10 +40,21 @@ def mirror(tmp_path_factory) -> Path:
     return build_mirror(tmp_path_factory.mktemp("mirror"))
 
 
+def _heavy_rows(subset: str, start: int, stop: int):
+    """fineweb-edu-dedup rows of about 6 KB of text each, a few of them empty."""
+    table = rows_for(subset, start, stop)
+    texts = [("" if i % 101 == 0 else f"Document {i}. " + FILLER[i % 7 :]) for i in range(start, stop)]
+    return table.set_column(0, "text", pa.array(texts, pa.string()))
+
+
+FILLER = "Heavy text for interrupting a run in the middle of its work. " * 100
+
+
 @pytest.fixture(scope="session")
 def big_mirror(tmp_path_factory) -> Path:
-    """Enough text subset data (a few seconds of work) to interrupt a run in the middle."""
-    return build_mirror(tmp_path_factory.mktemp("big_mirror"), {"fineweb-edu-dedup": [6000] * 10}, row_group_size=500)
+    """Enough work (about 1 GB of output, a few seconds) to interrupt a run in the middle of it."""
+    return build_mirror(tmp_path_factory.mktemp("big_mirror"), {"fineweb-edu-dedup": [6000] * 30},
+                        row_group_size=500, rows=_heavy_rows)
 
 
 def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:

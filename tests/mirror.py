@@ -141,7 +141,7 @@ def python_source_for(index: int) -> str:
     return f"def f{index}(x):\n    \"\"\"Return x plus {index}.\"\"\"\n    return x + {index}\n"
 
 
-def _rows(subset: str, start: int, stop: int) -> pa.Table:
+def rows_for(subset: str, start: int, stop: int) -> pa.Table:
     n = stop - start
     idx = range(start, stop)
     if subset == "cosmopedia-v2":
@@ -192,7 +192,7 @@ def build_mirror(
     root: Path,
     layout: dict[str, list[int]] | None = None,
     row_group_size: int = 64,
-    rows: Callable[[str, int, int], pa.Table] = _rows,
+    rows: Callable[[str, int, int], pa.Table] = rows_for,
 ) -> Path:
     """Write the mirror under ``root``: ``layout`` maps each subset to its rows per parquet file."""
     layout = layout or DEFAULT_LAYOUT

@@ -159,6 +159,8 @@ class Hydrator:
     def fetch(self, blob_ids: Sequence[str]) -> list[Blob]:
         """Fetch every blob of ``blob_ids`` concurrently.
 
+        An id that is not 40 lowercase hex characters (None included) comes back INVALID, unrequested.
+
         Returns:
             One Blob per id, in the same order.
 
@@ -243,10 +245,11 @@ class Hydrator:
         if code == "NoSuchKey" or status == 404:
             return True
         if status == 403 or code in _DENIED_CODES:
-            raise S3AccessDenied(
-                f"S3 denied access to bucket '{bucket}' ({detail}). The bucket is public: pass "
-                "--no-sign-request to send unsigned requests, or check your AWS credentials and AWS_PROFILE."
-            ) from error
+            if self._options.unsigned:
+                advice = "configure AWS credentials (AWS_PROFILE, ~/.aws/credentials) and drop --no-sign-request"
+            else:
+                advice = "pass --no-sign-request to send unsigned requests, or check your AWS credentials and AWS_PROFILE"
+            raise S3AccessDenied(f"S3 denied access to bucket '{bucket}' ({detail}): {advice}.") from error
         if status >= 500 or code in _TRANSIENT_CODES:
             return False
         raise S3Failed(

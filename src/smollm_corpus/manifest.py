@@ -24,7 +24,8 @@ IDENTITY = ("subset", "source", "revision", "template", "separator", "format", "
 class Manifest:
     options: dict  # the IDENTITY options, as asked for
     commit: str | None = None  # the Hub commit the revision resolved to, pinned for resumes
-    chunks_done: int = 0  # chunks appended to the output, in dataset order
+    #: where the output stops: the next row to read, as a file of the source and a row within it
+    position: dict = field(default_factory=lambda: {"file": 0, "row": 0})
     stats: Stats = field(default_factory=Stats)
     missing_blobs: list[str] = field(default_factory=list)
     corrupt_blobs: list[str] = field(default_factory=list)
@@ -47,7 +48,7 @@ class Manifest:
             sha256=self.sha256,
             started=self.started,
             finished=self.finished,
-            chunks_done=self.chunks_done,
+            position=self.position,
             missing_blobs=len(self.missing_blobs),
             corrupt_blobs=self.corrupt_blobs,
             tool_version=__version__,
@@ -60,7 +61,7 @@ class Manifest:
         return cls(
             options={k: data.get(k) for k in IDENTITY},
             commit=data.get("commit"),
-            chunks_done=data["chunks_done"],
+            position=data["position"],
             stats=Stats.from_json(data),
             missing_blobs=data.get("missing_blob_ids", []),
             corrupt_blobs=data.get("corrupt_blobs", []),

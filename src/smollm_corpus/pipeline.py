@@ -22,8 +22,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from . import parts, source, template as templates, worker
 from .errors import OutputError, SmollmCorpusError, UsageError
@@ -36,6 +39,13 @@ log = logging.getLogger("smollm_corpus")
 
 #: S3 requests in flight by default, over all worker processes
 DEFAULT_WORKERS = 64
+#: data per chunk of a text subset (uncompressed, whole row groups): small enough that appends
+#: keep pace with the workers and the last chunk leaves little to wait for
+CHUNK_BYTES = 32 << 20
+#: source files downloaded ahead of the one being read, at most
+DOWNLOADS_AHEAD = 4
+#: seconds between checkpoints (fsync of the output, then the manifest)
+CHECKPOINT_SECONDS = 0.5
 COPY_BLOCK = 8 << 20
 TERMS = (
     "python-edu contents come from Software Heritage. Its terms ask that bulk downloads be agreed "
@@ -181,8 +191,7 @@ def fetch(
             _clear(folder, output, manifest_path)
             manifest = Manifest(options, commit=src.commit)
         run = _Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode())
-        job = Job(run.parts_dir, run.staging_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3,
-                  max(1, math.ceil(workers / num_proc)))
+        job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3, max(1, math.ceil(workers / num_proc)))
         total = min(src.num_rows, limit) if src.num_rows is not None and limit is not None else (limit or src.num_rows)
         stats = run.execute(job, num_proc, Progress(subset, total), progress)
     return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started)
@@ -243,81 +252,95 @@ class _Run:
         self.folder, self.output, self.partial = folder, output, partial
         self.limit, self.max_bytes, self.separator = limit, max_bytes, separator
         self.parts_dir, self.staging_dir = folder / ".parts", folder / ".staging"
+        self._appended: list[Chunk] = []  # appended since the last checkpoint
+        self._checkpointed = time.monotonic()
 
-    def plan(self) -> Iterator[tuple[Chunk, bool]]:
-        """Chunks in dataset order, each with whether it ends its file. Reads footers only where rows must be counted."""
-        remaining = self.limit
+    def plan(self, downloads: source.Downloads, ahead: int) -> Iterator[Chunk]:
+        """Chunks in dataset order from the recorded position on; files are brought to disk ``ahead`` at a time.
+
+        With a limit, a file is opened only once the rows before it are known to be too few.
+        """
+        position = self.manifest.position
+        remaining = None if self.limit is None else self.limit - self.manifest.stats.rows
+        files = self.src.files[position["file"]:]
         index = 0
-        for file in self.src.files:
+        for n, file in enumerate(files):
             if remaining == 0:
                 return
-            step = worker.HYDRATE_ROWS if self.spec.hydrated else None
-            if step is None and remaining is None:
-                yield Chunk(index, file), True
+            if remaining is None:
+                downloads.start(files[n : n + ahead])
+            path = downloads.get(file)
+            meta = pq.read_metadata(path)
+            start = position["row"] if n == 0 else 0
+            end = meta.num_rows if remaining is None else min(meta.num_rows, start + remaining)
+            for a, b in _ranges(meta, start, end, self.spec.hydrated):
+                yield Chunk(index, file, str(path), a, b, meta.num_rows)
                 index += 1
-                continue
-            rows = source.file_rows(file)
-            end = rows if remaining is None else min(rows, remaining)
-            starts = list(range(0, end, step or max(end, 1))) or [0]
-            for k, start in enumerate(starts):
-                stop = min(start + step, end) if step else end
-                yield Chunk(index, file, start, None if stop == rows else stop), k == len(starts) - 1
-                index += 1
+            if start == end:
+                downloads.release(file)
             if remaining is not None:
-                remaining -= end
+                remaining -= end - start
 
     def execute(self, job: Job, num_proc: int, view: Progress, progress: Callable[[Progress], None] | None) -> Stats:
-        self.parts_dir.mkdir(exist_ok=True)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)  # parts of a stopped run are rebuilt, never trusted
+        self.parts_dir.mkdir()
         self.staging_dir.mkdir(exist_ok=True)
         digest = self._open_output()
-        view.rows, view.documents, view.bytes = self.manifest.stats.rows, self.manifest.stats.documents, self.manifest.stats.bytes
-        view.skipped = Counter(self.manifest.stats.skipped)
+        stats = self.manifest.stats
+        view.rows, view.documents, view.bytes, view.skipped = stats.rows, stats.documents, stats.bytes, Counter(stats.skipped)
         if progress:
             progress(view)
-        if self.manifest.chunks_done:
-            log.info("resuming %s after %d rows already written", self.spec.name, self.manifest.stats.rows)
+        if stats.rows:
+            log.info("resuming %s after %d rows already written", self.spec.name, stats.rows)
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
-        window: deque[tuple[Chunk, bool, Future | None]] = deque()
-        chunks = self.plan()
+        ahead = 1 if self.limit is not None else min(num_proc, DOWNLOADS_AHEAD)
+        downloads = source.Downloads(self.staging_dir, ahead)
+        window: deque[tuple[Chunk, Future]] = deque()
+        chunks = self.plan(downloads, ahead)
         executor = ProcessPoolExecutor(num_proc, mp_context=context, initializer=worker.init, initargs=(job, queue))
-        finished = False
         try:
             while True:
-                while len(window) < 2 * num_proc and not finished:
-                    item = next(chunks, None)
-                    if item is None:
-                        finished = True
+                while len(window) < 2 * num_proc:
+                    chunk = next(chunks, None)
+                    if chunk is None:
                         break
-                    chunk, last = item
-                    if chunk.index < self.manifest.chunks_done:
-                        continue
-                    done = parts.read_info(self.parts_dir, chunk.index)
-                    window.append((chunk, last, None if done else executor.submit(worker.run_chunk, chunk)))
+                    window.append((chunk, executor.submit(worker.run_chunk, chunk)))
                 if not window:
                     break
-                chunk, last, future = window[0]
-                info = self._wait(future, queue, view, progress) if future else parts.read_info(self.parts_dir, chunk.index)
-                window.popleft()
-                if self._append(chunk, last, info, digest):
-                    finished = True  # the output is full: work still in the window is not needed
-                    window.clear()
-                    _terminate(executor)
+                chunk, future = window.popleft()
+                info = self._wait(future, queue, view, progress)
+                full = self._append(chunk, info, digest)
                 self._sync_view(view)
                 if progress:
                     progress(view)
+                if full:
+                    break  # the output is full: work still in the window is not needed
+                if time.monotonic() - self._checkpointed > CHECKPOINT_SECONDS:
+                    self._checkpoint(downloads)
         except KeyboardInterrupt:
             _terminate(executor)
+            self._checkpoint(downloads)
             raise Interrupted(
-                f"interrupted: {self.manifest.stats.rows:,} rows of {self.spec.name} are safely written; "
+                f"interrupted: {stats.rows:,} rows of {self.spec.name} are safely written; "
                 "run the same command again to resume"
             ) from None
-        except BaseException:
+        except BaseException as e:
             _terminate(executor)
+            with contextlib.suppress(Exception):
+                self._checkpoint(downloads)  # keep what was appended before the failure
+            if isinstance(e, BrokenProcessPool):
+                raise SmollmCorpusError(
+                    "a worker process died (out of memory, or killed); run the same command again to resume. "
+                    "Calling fetch() from a script? Guard the call with if __name__ == '__main__':"
+                ) from e
             raise
-        executor.shutdown(wait=True)
+        finally:
+            downloads.close()
+        _terminate(executor)
+        self._checkpoint(downloads)
         self._complete(digest)
-        return self.manifest.stats
+        return stats
 
     def _open_output(self):
         """Open the partial output at the recorded length, and the hash of what it holds."""
@@ -366,50 +389,62 @@ class _Run:
         view.rows, view.documents = max(view.rows, stats.rows), max(view.documents, stats.documents)
         view.bytes = max(view.bytes, stats.bytes)
 
-    def _append(self, chunk: Chunk, last: bool, info: parts.PartInfo, digest) -> bool:
-        """Append a finished part to the output, durably, then record it. Returns True when the output is full."""
+    def _append(self, chunk: Chunk, info: parts.PartInfo, digest) -> bool:
+        """Append a finished part to the output. Returns True when the output is full."""
         stats = self.manifest.stats
         sep = self.separator if stats.bytes and info.stats.documents else b""
         size, full = info.stats.bytes, False
         if self.max_bytes is not None:
             budget = self.max_bytes - stats.bytes - len(sep)
             if size > budget:
-                size, info = parts.cut(self.parts_dir, chunk.index, info, max(budget, 0))
+                size, info = info.cut(max(budget, 0))
                 full = True
                 sep = sep if size else b""
+        part = parts.path(self.parts_dir, chunk.index)
         try:
             self._out.write(sep)
             digest.update(sep)
-            with open(parts.paths(self.parts_dir, chunk.index)[0], "rb") as part:
+            with open(part, "rb") as f:
                 remaining = size
                 while remaining:
-                    block = part.read(min(COPY_BLOCK, remaining))
+                    block = f.read(min(COPY_BLOCK, remaining))
                     self._out.write(block)
                     digest.update(block)
                     remaining -= len(block)
-            self._out.flush()
-            os.fsync(self._out.fileno())
-            self._record(chunk, info, size + len(sep))
         except OSError as e:
             raise OutputError(
                 f"writing {self.partial} failed: {e.strerror}; free some space (or fix permissions), "
                 "then run the same command again to resume"
             ) from e
-        parts.remove(self.parts_dir, chunk.index)
-        if last:
-            source.release(chunk.file, self.staging_dir)
-        return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
-
-    def _record(self, chunk: Chunk, info: parts.PartInfo, appended: int) -> None:
-        info.stats.bytes = appended
-        self.manifest.stats.add(info.stats)
+        part.unlink()
+        info.stats.bytes = size + len(sep)
+        stats.add(info.stats)
         for _, reason, detail in info.skipped_rows:
             if reason == "missing":
                 self.manifest.missing_blobs.append(detail)
             elif reason == "corrupt":
                 self.manifest.corrupt_blobs.append(detail)
-        self.manifest.chunks_done = chunk.index + 1
-        self.manifest.save(self.manifest_path)
+        row = chunk.start + info.stats.rows
+        self.manifest.position = {"file": chunk.file.index + 1, "row": 0} if row == chunk.file_rows else {"file": chunk.file.index, "row": row}
+        self._appended.append(chunk)
+        return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
+
+    def _checkpoint(self, downloads: source.Downloads) -> None:
+        """Make the appended output durable, then record it; only then let go of files fully read."""
+        try:
+            self._out.flush()
+            os.fsync(self._out.fileno())
+            self.manifest.save(self.manifest_path)
+        except OSError as e:
+            raise OutputError(
+                f"writing {self.partial} failed: {e.strerror}; free some space (or fix permissions), "
+                "then run the same command again to resume"
+            ) from e
+        for chunk in self._appended:
+            if chunk.ends_file:
+                downloads.release(chunk.file)
+        self._appended.clear()
+        self._checkpointed = time.monotonic()
 
     def _complete(self, digest) -> None:
         self._out.close()
@@ -423,6 +458,27 @@ class _Run:
         os.replace(self.partial, self.output)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def _ranges(meta: pq.FileMetaData, start: int, end: int, hydrated: bool) -> Iterator[tuple[int, int]]:
+    """Row ranges of about CHUNK_BYTES of data (whole row groups), or HYDRATE_ROWS rows where contents come from S3."""
+    if hydrated:
+        yield from ((a, min(a + worker.HYDRATE_ROWS, end)) for a in range(start, end, worker.HYDRATE_ROWS))
+        return
+    first, offset, size = start, 0, 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        offset += group.num_rows
+        if offset <= start:
+            continue
+        size += group.total_byte_size
+        if offset >= end:
+            break
+        if size >= CHUNK_BYTES:
+            yield first, offset
+            first, size = offset, 0
+    if first < end:
+        yield first, end
 
 
 def _terminate(executor: ProcessPoolExecutor) -> None:

@@ -13,9 +13,9 @@ import contextlib
 import os
 import random
 import re
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -52,10 +52,6 @@ class Source:
     files: tuple[SourceFile, ...]
     schema: pa.Schema
     num_rows: int | None  # from the dataset's metadata, where it declares it
-
-    @property
-    def is_local(self) -> bool:
-        return self.commit is None
 
 
 def resolve(repo: str, subset: str, revision: str | None = None) -> Source:
@@ -170,15 +166,6 @@ def _local_copy(location: str) -> str | None:
     return cached if isinstance(cached, str) else None
 
 
-def file_rows(file: SourceFile) -> int:
-    """Rows in ``file``, from its footer (a small range read; the file is not downloaded)."""
-    def read() -> int:
-        with _open(file.location) as f:
-            return pq.read_metadata(f).num_rows
-
-    return _with_retries(read, file.name)
-
-
 def acquire(file: SourceFile, staging: Path) -> Path:
     """A local path to ``file``.
 
@@ -204,8 +191,34 @@ def release(file: SourceFile, staging: Path) -> None:
         (staging / file.name).unlink()
 
 
-def clear_staging(staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
+class Downloads:
+    """Brings source files to local disk ahead of need, ``ahead`` at a time, in threads.
+
+    Downloading is waiting on the network, so it happens here, in the main process, while the
+    worker processes render the files already on disk.
+    """
+
+    def __init__(self, staging: Path, ahead: int) -> None:
+        self.staging = staging
+        self._pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="download")
+        self._files: dict[SourceFile, Future] = {}
+
+    def start(self, files: Iterable[SourceFile]) -> None:
+        for file in files:
+            if file not in self._files:
+                self._files[file] = self._pool.submit(acquire, file, self.staging)
+
+    def get(self, file: SourceFile) -> Path:
+        """The local path of ``file``, once it is there."""
+        self.start([file])
+        return self._files[file].result()
+
+    def release(self, file: SourceFile) -> None:
+        self._files.pop(file, None)
+        release(file, self.staging)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _with_retries(call: Callable[[], T], what: str) -> T:
@@ -270,7 +283,8 @@ def read_rows(
     path: Path, columns: list[str], start: int = 0, stop: int | None = None, batch_size: int = 1024
 ) -> Iterator[pa.RecordBatch]:
     """Rows ``start`` to ``stop`` of a parquet file, in order, reading only the row groups that hold them."""
-    pf = pq.ParquetFile(path)
+    # pre_buffer would read every requested row group up front: memory would grow with the file
+    pf = pq.ParquetFile(path, pre_buffer=False)
     stop = pf.metadata.num_rows if stop is None else min(stop, pf.metadata.num_rows)
     groups, first = [], None
     offset = 0

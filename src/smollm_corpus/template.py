@@ -41,6 +41,18 @@ class Template:
         """Top-level columns the template reads, in order of first use."""
         return list(dict.fromkeys(path[0] for path in self.fields))
 
+    def column(self, batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
+        """The rendered documents as an Arrow string array, where the template is one string column as is."""
+        if self.literals != ("", "") or len(self.fields) != 1 or self.strip:
+            return None
+        path = self.fields[0]
+        column = batch.column(path[0])
+        if len(path) > 1:
+            column = pc.struct_field(column, list(path[1:]))
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        return column if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else None
+
     def render(self, batch: pa.RecordBatch | pa.Table) -> list[str]:
         """Render every row of ``batch``; nulls render as empty strings."""
         values = [self._strings(batch, path) for path in self.fields]

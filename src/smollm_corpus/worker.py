@@ -26,12 +26,18 @@ REPORT_EVERY = 0.3
 
 @dataclass(frozen=True)
 class Chunk:
-    """Rows ``start`` to ``stop`` (None: the end) of one source file; chunk ``index`` in dataset order."""
+    """Rows ``start`` to ``stop`` of one source file, read from ``path``; chunk ``index`` of this run, in dataset order."""
 
     index: int
     file: SourceFile
-    start: int = 0
-    stop: int | None = None
+    path: str
+    start: int
+    stop: int
+    file_rows: int  # rows in the whole file
+
+    @property
+    def ends_file(self) -> bool:
+        return self.stop == self.file_rows
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,6 @@ class Job:
     """What every chunk of a run shares; sent once to each worker process."""
 
     parts_dir: Path
-    staging_dir: Path
     template: Template
     jsonl: bool
     separator: bytes
@@ -63,23 +68,27 @@ def init(job: Job, progress_queue) -> None:
 
 
 def run_chunk(chunk: Chunk) -> parts.PartInfo:
-    """Process ``chunk`` into its part; returns the part's counters."""
+    """Process ``chunk`` into its part; returns what the part holds."""
     job = _job
     assert job is not None, "worker.init was not called"
-    path = source.acquire(chunk.file, job.staging_dir)
     writer = parts.PartWriter(job.parts_dir, chunk.index, job.separator, job.max_bytes)
     rows = 0
-    reported, last_report = [0, 0, 0, 0], time.monotonic()
+    reported, last_report = [0, 0, 0, {}], time.monotonic()
+    # Contents are fetched a whole chunk at a time, so that requests keep flowing across batch boundaries.
+    batch_rows = HYDRATE_ROWS if job.s3 is not None else BATCH_ROWS
     try:
-        # Contents are fetched a whole chunk at a time, so that requests keep flowing across batch boundaries.
-        batch_rows = HYDRATE_ROWS if job.s3 is not None else BATCH_ROWS
-        for batch in source.read_rows(path, list(job.columns), chunk.start, chunk.stop, batch_rows):
+        for batch in source.read_rows(Path(chunk.path), list(job.columns), chunk.start, chunk.stop, batch_rows):
             first, count = rows, batch.num_rows
-            positions: Sequence[int] = range(first, first + count)
-            if job.s3 is not None:
-                batch, positions = _hydrate(batch, positions, writer, job)
-            taken = writer.write(positions, _render(batch, job))
-            rows = positions[taken - 1] + 1 if taken < len(positions) else first + count
+            column = None if job.s3 is not None or job.jsonl or job.max_bytes else job.template.column(batch)
+            if column is not None:
+                writer.write_column(first, column)
+                rows = first + count
+            else:
+                positions: Sequence[int] = range(first, first + count)
+                if job.s3 is not None:
+                    batch, positions = _hydrate(batch, positions, writer, job)
+                taken = writer.write(positions, _render(batch, job))
+                rows = positions[taken - 1] + 1 if taken < len(positions) else first + count
             if time.monotonic() - last_report > REPORT_EVERY:
                 reported, last_report = _report(writer, rows, reported), time.monotonic()
             if writer.full:
@@ -89,8 +98,6 @@ def run_chunk(chunk: Chunk) -> parts.PartInfo:
         writer.abort()
         raise
     _report(writer, rows, reported)
-    if chunk.start == 0 and chunk.stop is None:
-        source.release(chunk.file, job.staging_dir)
     return info
 
 
@@ -139,10 +146,12 @@ def _json_value(value: object) -> str:
     return isoformat() if isoformat else str(value)
 
 
-def _report(writer: parts.PartWriter, rows: int, reported: list[int]) -> list[int]:
-    now = [rows, writer.stats.documents, writer.stats.bytes, sum(writer.stats.skipped.values())]
+def _report(writer: parts.PartWriter, rows: int, reported: list) -> list:
+    stats = writer.stats
+    now = [rows, stats.documents, stats.bytes, dict(stats.skipped)]
     if _progress is not None and now != reported:
-        _progress.put(tuple(a - b for a, b in zip(now, reported)))
+        skipped = {k: v - reported[3].get(k, 0) for k, v in now[3].items()}
+        _progress.put((now[0] - reported[0], now[1] - reported[1], now[2] - reported[2], skipped))
     return now
 
 
