@@ -6,6 +6,7 @@ approach loads nothing the approach itself does not load.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import datetime as dt
 import json
@@ -28,7 +29,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SAMPLE = REPO.parent / "shared" / "data" / "fineweb-edu-sample.jsonl"
 MB = 1e6
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+TIME = Path("/usr/bin/time")
 #: process groups still running, killed if the benchmark exits early
 _live_groups: set[int] = set()
 
@@ -115,10 +116,14 @@ def cli_path() -> Path | None:
 
 
 def disk_usage(path: Path) -> int:
-    """Bytes allocated on disk under ``path`` (0 if it does not exist); tolerates files vanishing."""
+    """Bytes allocated to files under ``path`` (0 if it does not exist); tolerates files vanishing.
+
+    Folders themselves are not counted: the empty cache folders every run starts with would
+    otherwise show as a few kB of "extra disk".
+    """
     total = 0
-    for root, dirs, files in os.walk(path):
-        for name in files + dirs:
+    for root, _, files in os.walk(path):
+        for name in files:
             try:
                 total += os.lstat(os.path.join(root, name)).st_blocks * 512
             except FileNotFoundError:
@@ -126,9 +131,9 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-def files_size(path: Path) -> int:
-    """Apparent size in bytes of all files under ``path``."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def output_size(path: Path) -> int:
+    """Bytes of the ``input.*`` files under ``path``: the output, without manifests or locks."""
+    return sum(p.stat().st_size for p in path.rglob("input.*") if p.is_file())
 
 
 def find_files(path: Path, suffix: str) -> list[Path]:
@@ -229,8 +234,17 @@ def run_measured(
     cmd: Sequence[str], *, env: dict[str, str], log: Path, watch: Sequence[Path] = (), timeout_s: float = 1800
 ) -> Measurement:
     """Run ``cmd`` to completion (killed after ``timeout_s``) measuring wall, CPU, memory and disk."""
+    timed = log.with_suffix(".time")
+    if TIME.exists():
+        # GNU time forks the command from a small process: the command's own ru_maxrss is not
+        # inflated by this (large) parent's memory, which a fork from here would carry over
+        cmd = [str(TIME), "-f", "%M", "-o", str(timed), *cmd]
     start = time.perf_counter()
-    proc = start_group(cmd, env, log)
+    try:
+        proc = start_group(cmd, env, log)
+    except OSError as exc:  # e.g. the command is not installed
+        log.write_text(f"cannot run {cmd[0]}: {exc}\n")
+        return Measurement(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 127, log)
     sampler = _Sampler(proc.pid, watch)
     sampler.start()
     timer = threading.Timer(timeout_s, kill_group, args=(proc.pid,))
@@ -247,11 +261,15 @@ def run_measured(
     proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.sample_disk()
     final_disk = sum(disk_usage(p) for p in watch)
+    max_rss_kb = 0
+    if timed.exists():
+        lines = timed.read_text().split()
+        max_rss_kb = int(lines[-1]) if lines and lines[-1].isdigit() else 0
     return Measurement(
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        # ru_maxrss (kB) catches a single process's spike shorter than the sampling interval
-        peak_rss_mb=max(sampler.peak_rss, usage.ru_maxrss * 1024) / MB,
+        # the largest single process's ru_maxrss catches a spike shorter than the sampling interval
+        peak_rss_mb=max(sampler.peak_rss, max_rss_kb * 1024) / MB,
         peak_pss_mb=sampler.peak_pss / MB,
         peak_disk_mb=sampler.peak_disk / MB,
         final_disk_mb=final_disk / MB,
@@ -262,6 +280,10 @@ def run_measured(
 
 # ---------------------------------------------------------------------------------------------
 # reporting
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the module docstring's layout and shows each option's default."""
 
 
 def median(values: Iterable[float]) -> float:

@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .errors import SmollmCorpusError
-from .pipeline import DEFAULT_WORKERS, FetchResult, Progress, fetch
+from .pipeline import FetchResult, Progress, fetch
 from .subsets import DEFAULT_SOURCE, SUBSETS
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -72,8 +72,8 @@ def list_subsets() -> None:
 @click.option("--s3-endpoint-url", envvar="AWS_ENDPOINT_URL", help="python-edu: S3 endpoint (env AWS_ENDPOINT_URL).")
 @click.option("--region", default="us-east-1", show_default=True, help="python-edu: S3 region.")
 @click.option("--no-sign-request", is_flag=True, help="python-edu: send unsigned S3 requests.")
-@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
-              help="python-edu: S3 requests in flight.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="python-edu: S3 requests in flight  [default: 32 per worker process]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, summary or notices.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail, and a traceback on errors.")
 def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, format_, **options) -> None:

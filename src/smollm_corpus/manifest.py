@@ -48,11 +48,11 @@ class Manifest:
             sha256=self.sha256,
             started=self.started,
             finished=self.finished,
-            position=self.position,
+            position=dict(self.position),
             missing_blobs=len(self.missing_blobs),
-            corrupt_blobs=self.corrupt_blobs,
+            corrupt_blobs=list(self.corrupt_blobs),
             tool_version=__version__,
-            missing_blob_ids=self.missing_blobs,
+            missing_blob_ids=list(self.missing_blobs),
         )
         return data
 
@@ -71,11 +71,11 @@ class Manifest:
             complete=data["complete"],
         )
 
-    def save(self, path: Path) -> None:
-        """Replace ``path`` atomically with this manifest, durably."""
+    def save(self, path: Path, data: dict | None = None) -> None:
+        """Replace ``path`` atomically with this manifest (or ``data``, a :meth:`to_json` taken earlier), durably."""
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w") as f:
-            json.dump(self.to_json(), f, indent=2, ensure_ascii=False)
+            json.dump(self.to_json() if data is None else data, f, indent=2, ensure_ascii=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

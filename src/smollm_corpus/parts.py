@@ -104,7 +104,7 @@ class PartWriter:
 
         Same result as :meth:`write` without ``max_bytes``; the hot path of the default template.
         """
-        empty = pc.or_(pc.equal(pc.binary_length(column), 0), pc.utf8_is_space(column)).fill_null(True)
+        empty = _blank(column)
         if pc.any(empty).as_py():
             for i in pc.indices_nonzero(empty).to_pylist():
                 self.skip(first_row + i, "empty")
@@ -146,6 +146,16 @@ class PartWriter:
 
     def abort(self) -> None:
         self._out.close()
+
+
+def _blank(column: pa.Array) -> pa.Array:
+    """True where a string is null, empty or all whitespace."""
+    # Only strings that start with whitespace can be all whitespace: scan those alone, not every byte.
+    first = pc.utf8_slice_codeunits(column, 0, 1)
+    candidates = pc.or_(pc.equal(pc.binary_length(first), 0), pc.utf8_is_space(first)).fill_null(True)
+    if not pc.any(candidates).as_py():
+        return candidates
+    return pc.and_(candidates, pc.or_(pc.equal(pc.binary_length(column), 0), pc.utf8_is_space(column)).fill_null(True))
 
 
 @contextlib.contextmanager

@@ -10,22 +10,25 @@ on ``num_proc`` or on where a previous run stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
 import math
+import mmap
 import multiprocessing
 import os
 import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import parts, source, template as templates, worker
@@ -33,12 +36,14 @@ from .errors import OutputError, SmollmCorpusError, UsageError
 from .manifest import Manifest
 from .stats import Stats
 from .subsets import DEFAULT_SOURCE, Subset, get_subset
+from .source import SourceFile
 from .worker import Chunk, Job
 
 log = logging.getLogger("smollm_corpus")
 
-#: S3 requests in flight by default, over all worker processes
-DEFAULT_WORKERS = 64
+#: S3 requests in flight per worker process by default: at 30 ms per request (S3 in-region) that is
+#: about 1,000 requests/s, a little more than the ~1.3 ms of CPU boto3 spends per request lets one core do
+WORKERS_PER_PROCESS = 32
 #: data per chunk of a text subset (uncompressed, whole row groups): small enough that appends
 #: keep pace with the workers and the last chunk leaves little to wait for
 CHUNK_BYTES = 32 << 20
@@ -98,7 +103,7 @@ def fetch(
     s3_endpoint_url: str | None = None,
     region: str = "us-east-1",
     no_sign_request: bool = False,
-    workers: int = DEFAULT_WORKERS,
+    workers: int | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> FetchResult:
     """Fetch ``subset`` into ``out_dir/<subset>/input.txt`` (or ``input.jsonl``), resuming a previous run.
@@ -117,7 +122,7 @@ def fetch(
         format: ``txt`` or ``jsonl`` (one object per document with every column, ``text`` rendered).
         overwrite: discard a previous output of this subset, complete or not.
         bucket, s3_endpoint_url, region, no_sign_request, workers: where and how python-edu
-            contents are fetched; ``workers`` is the number of requests in flight.
+            contents are fetched; ``workers`` is the number of requests in flight (default: 32 per process).
         progress: called often with the run's :class:`Progress`.
 
     Returns:
@@ -160,40 +165,39 @@ def fetch(
                 os.replace(partial, output)  # a run that stopped between its last two steps
         return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started)
 
-    pinned = previous.commit if previous is not None else None  # a resume reads the same commit
-    src = source.resolve(source_repo, subset, pinned or revision)
-    schema = src.schema
-    if spec.hydrated:
-        import pyarrow as pa
-
-        schema = schema.append(pa.field("text", pa.string())) if "text" not in schema.names else schema
-    parsed, _ = templates.resolve(spec, template, schema)
-    if changed:
-        raise OutputError(
-            f"{folder} holds a fetch made with other options (differing: {', '.join(changed)}); "
-            "add --overwrite to replace it, or choose another --out-dir"
-        )
-    if spec.hydrated:
-        columns = tuple(n for n in schema.names if n != "text") if jsonl else tuple(
-            dict.fromkeys(["blob_id", *(c for c in parsed.columns if c != "text")])
-        )
-    else:
-        columns = tuple(schema.names) if jsonl else tuple(parsed.columns)
-
-    s3 = _s3_options(bucket, s3_endpoint_url, region, no_sign_request) if spec.hydrated else None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the output folder {folder}: {e.strerror}; choose another --out-dir") from e
-    with _locked(folder):
-        manifest = None if overwrite else Manifest.load(manifest_path)
-        if manifest is None or overwrite:
-            _clear(folder, output, manifest_path)
-            manifest = Manifest(options, commit=src.commit)
-        run = _Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode())
-        job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3, max(1, math.ceil(workers / num_proc)))
-        total = min(src.num_rows, limit) if src.num_rows is not None and limit is not None else (limit or src.num_rows)
-        stats = run.execute(job, num_proc, Progress(subset, total), progress)
+    with _WorkerPool(num_proc) as pool:  # the workers start while the source is resolved
+        pinned = previous.commit if previous is not None else None  # a resume reads the same commit
+        src = source.resolve(source_repo, subset, pinned or revision)
+        schema = src.schema
+        if spec.hydrated and "text" not in schema.names:
+            schema = schema.append(pa.field("text", pa.string()))
+        parsed, _ = templates.resolve(spec, template, schema)
+        if changed:
+            raise OutputError(
+                f"{folder} holds a fetch made with other options (differing: {', '.join(changed)}); "
+                "add --overwrite to replace it, or choose another --out-dir"
+            )
+        if jsonl:
+            columns = tuple(n for n in schema.names if n != "text" or not spec.hydrated)
+        elif spec.hydrated:
+            columns = tuple(dict.fromkeys(["blob_id", *(c for c in parsed.columns if c != "text")]))
+        else:
+            columns = tuple(parsed.columns)
+        s3 = _s3_options(bucket, s3_endpoint_url, region, no_sign_request) if spec.hydrated else None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output folder {folder}: {e.strerror}; choose another --out-dir") from e
+        with _locked(folder):
+            manifest = None if overwrite else Manifest.load(manifest_path)
+            if manifest is None:
+                _clear(folder, manifest_path)
+                manifest = Manifest(options, commit=src.commit)
+            run = _Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode())
+            threads = WORKERS_PER_PROCESS if workers is None else max(1, math.ceil(workers / pool.size))
+            job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3, threads)
+            total = src.num_rows if limit is None else limit if src.num_rows is None else min(limit, src.num_rows)
+            stats = run.execute(job, pool, Progress(subset, total), progress)
     return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started)
 
 
@@ -206,7 +210,7 @@ def _check_options(num_proc, limit, max_bytes, format, separator, workers) -> in
         raise UsageError("--limit must be 0 or more")
     if max_bytes is not None and max_bytes <= 0:
         raise UsageError("--max-bytes must be more than 0")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise UsageError("--workers must be 1 or more")
     if num_proc is not None and num_proc < 1:
         raise UsageError("--num-proc must be 1 or more")
@@ -234,13 +238,38 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
 
 
-def _clear(folder: Path, output: Path, manifest_path: Path) -> None:
+def _clear(folder: Path, manifest_path: Path) -> None:
     """Remove a previous run's files (only this tool's own files: the folder may hold others)."""
     for name in ("input.txt", "input.jsonl", "input.txt.incomplete", "input.jsonl.incomplete", "missing_blobs.txt"):
         (folder / name).unlink(missing_ok=True)
     manifest_path.unlink(missing_ok=True)
     for name in (".parts", ".staging"):
         shutil.rmtree(folder / name, ignore_errors=True)
+
+
+class _WorkerPool:
+    """Worker processes, started at once so that their imports overlap the main process's."""
+
+    def __init__(self, size: int) -> None:
+        context = multiprocessing.get_context("spawn")  # a fork would copy the main's threads and clients
+        self.size = size
+        self.queue = context.Queue()
+        self.executor = ProcessPoolExecutor(size, mp_context=context, initializer=worker.init, initargs=(self.queue,))
+        for _ in range(size):
+            self.executor.submit(worker.ready)
+
+    def submit(self, job: Job, chunk: Chunk) -> Future:
+        return self.executor.submit(worker.run_chunk, job, chunk)
+
+    def __enter__(self) -> "_WorkerPool":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # ProcessPoolExecutor has no public way to stop running workers before Python 3.14.
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                process.terminate()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class _Run:
@@ -281,36 +310,34 @@ class _Run:
             if remaining is not None:
                 remaining -= end - start
 
-    def execute(self, job: Job, num_proc: int, view: Progress, progress: Callable[[Progress], None] | None) -> Stats:
+    def execute(self, job: Job, pool: _WorkerPool, view: Progress, progress: Callable[[Progress], None] | None) -> Stats:
         shutil.rmtree(self.parts_dir, ignore_errors=True)  # parts of a stopped run are rebuilt, never trusted
         self.parts_dir.mkdir()
         self.staging_dir.mkdir(exist_ok=True)
-        digest = self._open_output()
+        self._open_output()
         stats = self.manifest.stats
         view.rows, view.documents, view.bytes, view.skipped = stats.rows, stats.documents, stats.bytes, Counter(stats.skipped)
         if progress:
             progress(view)
         if stats.rows:
             log.info("resuming %s after %d rows already written", self.spec.name, stats.rows)
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        ahead = 1 if self.limit is not None else min(num_proc, DOWNLOADS_AHEAD)
+        ahead = 1 if self.limit is not None else min(pool.size, DOWNLOADS_AHEAD)
         downloads = source.Downloads(self.staging_dir, ahead)
+        self._background = ThreadPoolExecutor(2, thread_name_prefix="output")  # hashing, and checkpoints
         window: deque[tuple[Chunk, Future]] = deque()
         chunks = self.plan(downloads, ahead)
-        executor = ProcessPoolExecutor(num_proc, mp_context=context, initializer=worker.init, initargs=(job, queue))
         try:
             while True:
-                while len(window) < 2 * num_proc:
+                while len(window) < 2 * pool.size:
                     chunk = next(chunks, None)
                     if chunk is None:
                         break
-                    window.append((chunk, executor.submit(worker.run_chunk, chunk)))
+                    window.append((chunk, pool.submit(job, chunk)))
                 if not window:
                     break
                 chunk, future = window.popleft()
-                info = self._wait(future, queue, view, progress)
-                full = self._append(chunk, info, digest)
+                info = self._wait(future, pool.queue, view, progress)
+                full = self._append(chunk, info)
                 self._sync_view(view)
                 if progress:
                     progress(view)
@@ -318,17 +345,18 @@ class _Run:
                     break  # the output is full: work still in the window is not needed
                 if time.monotonic() - self._checkpointed > CHECKPOINT_SECONDS:
                     self._checkpoint(downloads)
+            self._checkpoint(downloads, wait=True)
         except KeyboardInterrupt:
-            _terminate(executor)
-            self._checkpoint(downloads)
+            pool.__exit__()
+            self._checkpoint(downloads, wait=True)
             raise Interrupted(
                 f"interrupted: {stats.rows:,} rows of {self.spec.name} are safely written; "
                 "run the same command again to resume"
             ) from None
         except BaseException as e:
-            _terminate(executor)
+            pool.__exit__()
             with contextlib.suppress(Exception):
-                self._checkpoint(downloads)  # keep what was appended before the failure
+                self._checkpoint(downloads, wait=True)  # keep what was appended before the failure
             if isinstance(e, BrokenProcessPool):
                 raise SmollmCorpusError(
                     "a worker process died (out of memory, or killed); run the same command again to resume. "
@@ -337,33 +365,32 @@ class _Run:
             raise
         finally:
             downloads.close()
-        _terminate(executor)
-        self._checkpoint(downloads)
-        self._complete(digest)
+            self._background.shutdown(wait=True)
+        pool.__exit__()  # workers still busy past --max-bytes must not write into what _complete removes
+        self._complete()
         return stats
 
-    def _open_output(self):
-        """Open the partial output at the recorded length, and the hash of what it holds."""
-        digest = hashlib.sha256()
+    def _open_output(self) -> None:
+        """Open the partial output at the recorded length, and hash what it holds."""
+        self._digest = hashlib.sha256()
         recorded = self.manifest.stats.bytes
         try:
-            self._out = open(self.partial, "r+b" if self.partial.exists() else "w+b")
+            self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise OutputError(f"cannot write {self.partial}: {e.strerror}; choose another --out-dir") from e
-        size = os.fstat(self._out.fileno()).st_size
+        size = os.fstat(self._fd).st_size
         if size < recorded:
             raise OutputError(
                 f"{self.partial} is shorter than its manifest records ({size:,} < {recorded:,} bytes); "
                 "rerun with --overwrite to start again"
             )
-        self._out.truncate(recorded)
-        remaining = recorded
-        while remaining:
-            block = self._out.read(min(COPY_BLOCK, remaining))
-            digest.update(block)
-            remaining -= len(block)
-        self._out.seek(recorded)
-        return digest
+        os.ftruncate(self._fd, recorded)
+        if recorded:
+            with mmap.mmap(self._fd, recorded, access=mmap.ACCESS_READ) as data:
+                self._digest.update(data)
+        self._position = recorded
+        self._hashing: Future | None = None
+        self._persisting: Future | None = None
 
     def _wait(self, future: Future, queue, view: Progress, progress) -> parts.PartInfo:
         while True:
@@ -389,7 +416,7 @@ class _Run:
         view.rows, view.documents = max(view.rows, stats.rows), max(view.documents, stats.documents)
         view.bytes = max(view.bytes, stats.bytes)
 
-    def _append(self, chunk: Chunk, info: parts.PartInfo, digest) -> bool:
+    def _append(self, chunk: Chunk, info: parts.PartInfo) -> bool:
         """Append a finished part to the output. Returns True when the output is full."""
         stats = self.manifest.stats
         sep = self.separator if stats.bytes and info.stats.documents else b""
@@ -402,15 +429,9 @@ class _Run:
                 sep = sep if size else b""
         part = parts.path(self.parts_dir, chunk.index)
         try:
-            self._out.write(sep)
-            digest.update(sep)
-            with open(part, "rb") as f:
-                remaining = size
-                while remaining:
-                    block = f.read(min(COPY_BLOCK, remaining))
-                    self._out.write(block)
-                    digest.update(block)
-                    remaining -= len(block)
+            self._write(sep)
+            if size:
+                self._copy(part, size)
         except OSError as e:
             raise OutputError(
                 f"writing {self.partial} failed: {e.strerror}; free some space (or fix permissions), "
@@ -425,35 +446,75 @@ class _Run:
             elif reason == "corrupt":
                 self.manifest.corrupt_blobs.append(detail)
         row = chunk.start + info.stats.rows
-        self.manifest.position = {"file": chunk.file.index + 1, "row": 0} if row == chunk.file_rows else {"file": chunk.file.index, "row": row}
+        end_of_file = row == chunk.file_rows
+        self.manifest.position = {"file": chunk.file.index + end_of_file, "row": 0 if end_of_file else row}
         self._appended.append(chunk)
         return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
 
-    def _checkpoint(self, downloads: source.Downloads) -> None:
-        """Make the appended output durable, then record it; only then let go of files fully read."""
+    def _write(self, data: bytes) -> None:
+        if data:
+            self._hashed()
+            self._digest.update(data)
+            self._position += os.pwrite(self._fd, data, self._position)
+
+    def _copy(self, part: Path, size: int) -> None:
+        """Copy the first ``size`` bytes of ``part`` to the output in the kernel, hashing them meanwhile."""
+        self._hashed()
+        with open(part, "rb") as f:
+            data = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        self._hashing = self._background.submit(_hash_and_close, self._digest, data)
+        with open(part, "rb") as f:
+            copied = 0
+            while copied < size:
+                n = _copy_range(f.fileno(), self._fd, size - copied, copied, self._position + copied)
+                if n == 0:
+                    raise OSError(errno.EIO, f"{part} ended early")
+                copied += n
+        self._position += size
+
+    def _hashed(self) -> None:
+        """Wait for the hashing of the previous part: the digest takes bytes in output order."""
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
+
+    def _checkpoint(self, downloads: source.Downloads, wait: bool = False) -> None:
+        """Make the output appended so far durable, then record it, in the background; then let go of files fully read.
+
+        One checkpoint runs at a time; its fsync covers every byte written before it started, which
+        is all the snapshot of the manifest it records describes.
+        """
+        if self._persisting is not None:
+            self._persisting.result()  # raises what the previous checkpoint met
+        releases = [c.file for c in self._appended if c.ends_file]
+        self._appended.clear()
+        self._persisting = self._background.submit(self._persist, self.manifest.to_json(), releases, downloads)
+        self._checkpointed = time.monotonic()
+        if wait:
+            future, self._persisting = self._persisting, None
+            future.result()
+
+    def _persist(self, snapshot: dict, releases: list[SourceFile], downloads: source.Downloads) -> None:
         try:
-            self._out.flush()
-            os.fsync(self._out.fileno())
-            self.manifest.save(self.manifest_path)
+            os.fsync(self._fd)
+            self.manifest.save(self.manifest_path, snapshot)
         except OSError as e:
             raise OutputError(
                 f"writing {self.partial} failed: {e.strerror}; free some space (or fix permissions), "
                 "then run the same command again to resume"
             ) from e
-        for chunk in self._appended:
-            if chunk.ends_file:
-                downloads.release(chunk.file)
-        self._appended.clear()
-        self._checkpointed = time.monotonic()
+        for file in releases:
+            downloads.release(file)
 
-    def _complete(self, digest) -> None:
-        self._out.close()
+    def _complete(self) -> None:
+        self._hashed()
+        os.close(self._fd)
         if self.spec.hydrated:
             missing = self.folder / "missing_blobs.txt"
             tmp = missing.with_name(missing.name + ".tmp")
             tmp.write_text("".join(f"{b}\n" for b in self.manifest.missing_blobs))
             os.replace(tmp, missing)
-        self.manifest.finish(digest.hexdigest())
+        self.manifest.finish(self._digest.hexdigest())
         self.manifest.save(self.manifest_path)
         os.replace(self.partial, self.output)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
@@ -481,9 +542,19 @@ def _ranges(meta: pq.FileMetaData, start: int, end: int, hydrated: bool) -> Iter
         yield first, end
 
 
-def _terminate(executor: ProcessPoolExecutor) -> None:
-    # ProcessPoolExecutor has no public way to stop running workers before Python 3.14.
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        with contextlib.suppress(Exception):
-            process.terminate()
-    executor.shutdown(wait=False, cancel_futures=True)
+def _hash_and_close(digest, data: mmap.mmap) -> None:
+    try:
+        digest.update(data)  # hashlib lets go of the GIL for large buffers
+    finally:
+        data.close()
+
+
+def _copy_range(src: int, dst: int, count: int, src_offset: int, dst_offset: int) -> int:
+    """copy_file_range where the kernel has it, else a plain read and write."""
+    try:
+        return os.copy_file_range(src, dst, count, src_offset, dst_offset)
+    except (AttributeError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        data = os.pread(src, min(count, COPY_BLOCK), src_offset)
+        return os.pwrite(dst, data, dst_offset) if data else 0

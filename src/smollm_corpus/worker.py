@@ -54,23 +54,24 @@ class Job:
     threads: int = 1  # S3 requests in flight per worker process
 
 
-_job: Job | None = None
 _progress = None  # multiprocessing queue of (rows, documents, bytes, skipped) deltas
 _hydrator = None
 
 
-def init(job: Job, progress_queue) -> None:
+def init(progress_queue) -> None:
     """Set up a worker process: Ctrl-C is the parent's to handle, and the worker dies with its parent."""
-    global _job, _progress
+    global _progress
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    _job, _progress = job, progress_queue
+    _progress = progress_queue
 
 
-def run_chunk(chunk: Chunk) -> parts.PartInfo:
+def ready() -> None:
+    """Nothing: submitted once per worker so that the processes start (and import) early."""
+
+
+def run_chunk(job: Job, chunk: Chunk) -> parts.PartInfo:
     """Process ``chunk`` into its part; returns what the part holds."""
-    job = _job
-    assert job is not None, "worker.init was not called"
     writer = parts.PartWriter(job.parts_dir, chunk.index, job.separator, job.max_bytes)
     rows = 0
     reported, last_report = [0, 0, 0, {}], time.monotonic()
