@@ -1,11 +1,9 @@
 """Interrupt a fetch in every way a user can, rerun the same command, get the same bytes."""
 
 import json
-import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

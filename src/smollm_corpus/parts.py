@@ -9,17 +9,16 @@ What the appender needs besides the bytes travels back with the worker's answer,
 
 from __future__ import annotations
 
-import contextlib
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import OutputError
+from .errors import writing
 from .stats import Stats
 
 
@@ -57,7 +56,7 @@ class PartWriter:
         self.max_bytes = max_bytes
         self.info = PartInfo(Stats())
         self.folder = folder
-        with _writing(folder):
+        with writing(folder):
             self._out = open(path(folder, chunk), "wb")
 
     @property
@@ -124,19 +123,19 @@ class PartWriter:
         self.info.rows.extend(kept_rows.cast(pa.int64()).to_pylist())
         self.info.ends.extend(ends.to_pylist())
         self.stats.documents += len(column)
-        with _writing(self.folder):
+        with writing(self.folder):
             self._out.write(lead)
             self._out.write(data)
         self.stats.bytes += len(lead) + data.size
 
     def _flush(self, pieces: list[bytes], offset: int) -> None:
-        with _writing(self.folder):
+        with writing(self.folder):
             self._out.write(b"".join(pieces))
         self.stats.bytes = offset
 
     def finish(self, rows: int) -> PartInfo:
         """Close the part; ``rows`` is how many rows of the chunk it covers."""
-        with _writing(self.folder):
+        with writing(self.folder):
             self._out.close()
         # Rows past ``rows`` (read but cut by max_bytes) are not part of this part.
         self.info.skipped_rows = [r for r in self.info.skipped_rows if r[0] < rows]
@@ -156,14 +155,3 @@ def _blank(column: pa.Array) -> pa.Array:
     if not pc.any(candidates).as_py():
         return candidates
     return pc.and_(candidates, pc.or_(pc.equal(pc.binary_length(column), 0), pc.utf8_is_space(column)).fill_null(True))
-
-
-@contextlib.contextmanager
-def _writing(folder: Path) -> Iterator[None]:
-    try:
-        yield
-    except OSError as e:
-        raise OutputError(
-            f"writing in {folder} failed: {e.strerror}; free some space (or fix permissions), "
-            "then run the same command again to resume"
-        ) from None

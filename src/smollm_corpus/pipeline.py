@@ -10,48 +10,39 @@ on ``num_proc`` or on where a previous run stopped.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import hashlib
 import logging
 import math
-import mmap
-import multiprocessing
 import os
 import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from . import parts, source, template as templates, worker
+from . import parts, plan, source, template as templates
 from .errors import OutputError, SmollmCorpusError, UsageError
 from .manifest import Manifest
 from .stats import Stats
+from .output import Output
 from .subsets import DEFAULT_SOURCE, Subset, get_subset
-from .source import SourceFile
-from .worker import Chunk, Job
+from .worker import Chunk, Job, WorkerPool
 
 log = logging.getLogger("smollm_corpus")
 
 #: S3 requests in flight per worker process by default: at 30 ms per request (S3 in-region) that is
 #: about 1,000 requests/s, a little more than the ~1.3 ms of CPU boto3 spends per request lets one core do
 WORKERS_PER_PROCESS = 32
-#: data per chunk of a text subset (uncompressed, whole row groups): small enough that appends
-#: keep pace with the workers and the last chunk leaves little to wait for
-CHUNK_BYTES = 32 << 20
 #: source files downloaded ahead of the one being read, at most
 DOWNLOADS_AHEAD = 4
 #: seconds between checkpoints (fsync of the output, then the manifest)
 CHECKPOINT_SECONDS = 0.5
-COPY_BLOCK = 8 << 20
 TERMS = (
     "python-edu contents come from Software Heritage. Its terms ask that bulk downloads be agreed "
     "with Software Heritage and INRIA first: write to datasets@softwareheritage.org."
@@ -165,7 +156,7 @@ def fetch(
                 os.replace(partial, output)  # a run that stopped between its last two steps
         return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started)
 
-    with _WorkerPool(num_proc) as pool:  # the workers start while the source is resolved
+    with WorkerPool(num_proc) as pool:  # the workers start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, subset, pinned or revision)
         schema = src.schema
@@ -247,33 +238,8 @@ def _clear(folder: Path, manifest_path: Path) -> None:
         shutil.rmtree(folder / name, ignore_errors=True)
 
 
-class _WorkerPool:
-    """Worker processes, started at once so that their imports overlap the main process's."""
-
-    def __init__(self, size: int) -> None:
-        context = multiprocessing.get_context("spawn")  # a fork would copy the main's threads and clients
-        self.size = size
-        self.queue = context.Queue()
-        self.executor = ProcessPoolExecutor(size, mp_context=context, initializer=worker.init, initargs=(self.queue,))
-        for _ in range(size):
-            self.executor.submit(worker.ready)
-
-    def submit(self, job: Job, chunk: Chunk) -> Future:
-        return self.executor.submit(worker.run_chunk, job, chunk)
-
-    def __enter__(self) -> "_WorkerPool":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        # ProcessPoolExecutor has no public way to stop running workers before Python 3.14.
-        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
-            with contextlib.suppress(Exception):
-                process.terminate()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
 class _Run:
-    """The state of one run: the plan of chunks, the output being appended to, the manifest."""
+    """One run: chunks go to the workers, finished parts are appended in order and checkpointed."""
 
     def __init__(self, spec: Subset, src: source.Source, manifest: Manifest, manifest_path: Path, folder: Path,
                  output: Path, partial: Path, limit: int | None, max_bytes: int | None, separator: bytes) -> None:
@@ -282,39 +248,11 @@ class _Run:
         self.limit, self.max_bytes, self.separator = limit, max_bytes, separator
         self.parts_dir, self.staging_dir = folder / ".parts", folder / ".staging"
         self._appended: list[Chunk] = []  # appended since the last checkpoint
-        self._checkpointed = time.monotonic()
 
-    def plan(self, downloads: source.Downloads, ahead: int) -> Iterator[Chunk]:
-        """Chunks in dataset order from the recorded position on; files are brought to disk ``ahead`` at a time.
-
-        With a limit, a file is opened only once the rows before it are known to be too few.
-        """
-        position = self.manifest.position
-        remaining = None if self.limit is None else self.limit - self.manifest.stats.rows
-        files = self.src.files[position["file"]:]
-        index = 0
-        for n, file in enumerate(files):
-            if remaining == 0:
-                return
-            if remaining is None:
-                downloads.start(files[n : n + ahead])
-            path = downloads.get(file)
-            meta = pq.read_metadata(path)
-            start = position["row"] if n == 0 else 0
-            end = meta.num_rows if remaining is None else min(meta.num_rows, start + remaining)
-            for a, b in _ranges(meta, start, end, self.spec.hydrated):
-                yield Chunk(index, file, str(path), a, b, meta.num_rows)
-                index += 1
-            if start == end:
-                downloads.release(file)
-            if remaining is not None:
-                remaining -= end - start
-
-    def execute(self, job: Job, pool: _WorkerPool, view: Progress, progress: Callable[[Progress], None] | None) -> Stats:
+    def execute(self, job: Job, pool: WorkerPool, view: Progress, progress: Callable[[Progress], None] | None) -> Stats:
         shutil.rmtree(self.parts_dir, ignore_errors=True)  # parts of a stopped run are rebuilt, never trusted
         self.parts_dir.mkdir()
         self.staging_dir.mkdir(exist_ok=True)
-        self._open_output()
         stats = self.manifest.stats
         view.rows, view.documents, view.bytes, view.skipped = stats.rows, stats.documents, stats.bytes, Counter(stats.skipped)
         if progress:
@@ -323,9 +261,11 @@ class _Run:
             log.info("resuming %s after %d rows already written", self.spec.name, stats.rows)
         ahead = 1 if self.limit is not None else min(pool.size, DOWNLOADS_AHEAD)
         downloads = source.Downloads(self.staging_dir, ahead)
-        self._background = ThreadPoolExecutor(2, thread_name_prefix="output")  # hashing, and checkpoints
+        out = Output(self.partial, self.manifest, self.manifest_path)
+        limit = None if self.limit is None else self.limit - stats.rows
+        chunks = plan.chunks(self.src, self.manifest.position, limit, self.spec.hydrated, downloads, ahead)
         window: deque[tuple[Chunk, Future]] = deque()
-        chunks = self.plan(downloads, ahead)
+        checkpointed = time.monotonic()
         try:
             while True:
                 while len(window) < 2 * pool.size:
@@ -337,26 +277,28 @@ class _Run:
                     break
                 chunk, future = window.popleft()
                 info = self._wait(future, pool.queue, view, progress)
-                full = self._append(chunk, info)
+                full = self._append(out, chunk, info)
                 self._sync_view(view)
                 if progress:
                     progress(view)
                 if full:
                     break  # the output is full: work still in the window is not needed
-                if time.monotonic() - self._checkpointed > CHECKPOINT_SECONDS:
-                    self._checkpoint(downloads)
-            self._checkpoint(downloads, wait=True)
+                if time.monotonic() - checkpointed > CHECKPOINT_SECONDS:
+                    self._checkpoint(out, downloads)
+                    checkpointed = time.monotonic()
+            pool.stop()  # workers still busy past --max-bytes must not write into what is removed below
+            self._checkpoint(out, downloads, wait=True)
         except KeyboardInterrupt:
-            pool.__exit__()
-            self._checkpoint(downloads, wait=True)
+            pool.stop()
+            self._checkpoint(out, downloads, wait=True)
             raise Interrupted(
                 f"interrupted: {stats.rows:,} rows of {self.spec.name} are safely written; "
                 "run the same command again to resume"
             ) from None
         except BaseException as e:
-            pool.__exit__()
+            pool.stop()
             with contextlib.suppress(Exception):
-                self._checkpoint(downloads, wait=True)  # keep what was appended before the failure
+                self._checkpoint(out, downloads, wait=True)  # keep what was appended before the failure
             if isinstance(e, BrokenProcessPool):
                 raise SmollmCorpusError(
                     "a worker process died (out of memory, or killed); run the same command again to resume. "
@@ -365,32 +307,16 @@ class _Run:
             raise
         finally:
             downloads.close()
-            self._background.shutdown(wait=True)
-        pool.__exit__()  # workers still busy past --max-bytes must not write into what _complete removes
-        self._complete()
+            out.close()
+        if self.spec.hydrated:
+            missing = self.folder / "missing_blobs.txt"
+            tmp = missing.with_name(missing.name + ".tmp")
+            tmp.write_text("".join(f"{b}\n" for b in self.manifest.missing_blobs))
+            os.replace(tmp, missing)
+        out.finish(self.output)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
         return stats
-
-    def _open_output(self) -> None:
-        """Open the partial output at the recorded length, and hash what it holds."""
-        self._digest = hashlib.sha256()
-        recorded = self.manifest.stats.bytes
-        try:
-            self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise OutputError(f"cannot write {self.partial}: {e.strerror}; choose another --out-dir") from e
-        size = os.fstat(self._fd).st_size
-        if size < recorded:
-            raise OutputError(
-                f"{self.partial} is shorter than its manifest records ({size:,} < {recorded:,} bytes); "
-                "rerun with --overwrite to start again"
-            )
-        os.ftruncate(self._fd, recorded)
-        if recorded:
-            with mmap.mmap(self._fd, recorded, access=mmap.ACCESS_READ) as data:
-                self._digest.update(data)
-        self._position = recorded
-        self._hashing: Future | None = None
-        self._persisting: Future | None = None
 
     def _wait(self, future: Future, queue, view: Progress, progress) -> parts.PartInfo:
         while True:
@@ -416,8 +342,8 @@ class _Run:
         view.rows, view.documents = max(view.rows, stats.rows), max(view.documents, stats.documents)
         view.bytes = max(view.bytes, stats.bytes)
 
-    def _append(self, chunk: Chunk, info: parts.PartInfo) -> bool:
-        """Append a finished part to the output. Returns True when the output is full."""
+    def _append(self, out: Output, chunk: Chunk, info: parts.PartInfo) -> bool:
+        """Append a finished part to the output and count it. Returns True when the output is full."""
         stats = self.manifest.stats
         sep = self.separator if stats.bytes and info.stats.documents else b""
         size, full = info.stats.bytes, False
@@ -428,15 +354,8 @@ class _Run:
                 full = True
                 sep = sep if size else b""
         part = parts.path(self.parts_dir, chunk.index)
-        try:
-            self._write(sep)
-            if size:
-                self._copy(part, size)
-        except OSError as e:
-            raise OutputError(
-                f"writing {self.partial} failed: {e.strerror}; free some space (or fix permissions), "
-                "then run the same command again to resume"
-            ) from e
+        out.write(sep)
+        out.copy(part, size)
         part.unlink()
         info.stats.bytes = size + len(sep)
         stats.add(info.stats)
@@ -451,110 +370,8 @@ class _Run:
         self._appended.append(chunk)
         return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
 
-    def _write(self, data: bytes) -> None:
-        if data:
-            self._hashed()
-            self._digest.update(data)
-            self._position += os.pwrite(self._fd, data, self._position)
-
-    def _copy(self, part: Path, size: int) -> None:
-        """Copy the first ``size`` bytes of ``part`` to the output in the kernel, hashing them meanwhile."""
-        self._hashed()
-        with open(part, "rb") as f:
-            data = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-        self._hashing = self._background.submit(_hash_and_close, self._digest, data)
-        with open(part, "rb") as f:
-            copied = 0
-            while copied < size:
-                n = _copy_range(f.fileno(), self._fd, size - copied, copied, self._position + copied)
-                if n == 0:
-                    raise OSError(errno.EIO, f"{part} ended early")
-                copied += n
-        self._position += size
-
-    def _hashed(self) -> None:
-        """Wait for the hashing of the previous part: the digest takes bytes in output order."""
-        if self._hashing is not None:
-            self._hashing.result()
-            self._hashing = None
-
-    def _checkpoint(self, downloads: source.Downloads, wait: bool = False) -> None:
-        """Make the output appended so far durable, then record it, in the background; then let go of files fully read.
-
-        One checkpoint runs at a time; its fsync covers every byte written before it started, which
-        is all the snapshot of the manifest it records describes.
-        """
-        if self._persisting is not None:
-            self._persisting.result()  # raises what the previous checkpoint met
-        releases = [c.file for c in self._appended if c.ends_file]
+    def _checkpoint(self, out: Output, downloads: source.Downloads, wait: bool = False) -> None:
+        """Checkpoint the output; once that is durable, delete the downloads of files read to the end."""
+        done = [c.file for c in self._appended if c.ends_file]
         self._appended.clear()
-        self._persisting = self._background.submit(self._persist, self.manifest.to_json(), releases, downloads)
-        self._checkpointed = time.monotonic()
-        if wait:
-            future, self._persisting = self._persisting, None
-            future.result()
-
-    def _persist(self, snapshot: dict, releases: list[SourceFile], downloads: source.Downloads) -> None:
-        try:
-            os.fsync(self._fd)
-            self.manifest.save(self.manifest_path, snapshot)
-        except OSError as e:
-            raise OutputError(
-                f"writing {self.partial} failed: {e.strerror}; free some space (or fix permissions), "
-                "then run the same command again to resume"
-            ) from e
-        for file in releases:
-            downloads.release(file)
-
-    def _complete(self) -> None:
-        self._hashed()
-        os.close(self._fd)
-        if self.spec.hydrated:
-            missing = self.folder / "missing_blobs.txt"
-            tmp = missing.with_name(missing.name + ".tmp")
-            tmp.write_text("".join(f"{b}\n" for b in self.manifest.missing_blobs))
-            os.replace(tmp, missing)
-        self.manifest.finish(self._digest.hexdigest())
-        self.manifest.save(self.manifest_path)
-        os.replace(self.partial, self.output)
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
-
-
-def _ranges(meta: pq.FileMetaData, start: int, end: int, hydrated: bool) -> Iterator[tuple[int, int]]:
-    """Row ranges of about CHUNK_BYTES of data (whole row groups), or HYDRATE_ROWS rows where contents come from S3."""
-    if hydrated:
-        yield from ((a, min(a + worker.HYDRATE_ROWS, end)) for a in range(start, end, worker.HYDRATE_ROWS))
-        return
-    first, offset, size = start, 0, 0
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        offset += group.num_rows
-        if offset <= start:
-            continue
-        size += group.total_byte_size
-        if offset >= end:
-            break
-        if size >= CHUNK_BYTES:
-            yield first, offset
-            first, size = offset, 0
-    if first < end:
-        yield first, end
-
-
-def _hash_and_close(digest, data: mmap.mmap) -> None:
-    try:
-        digest.update(data)  # hashlib lets go of the GIL for large buffers
-    finally:
-        data.close()
-
-
-def _copy_range(src: int, dst: int, count: int, src_offset: int, dst_offset: int) -> int:
-    """copy_file_range where the kernel has it, else a plain read and write."""
-    try:
-        return os.copy_file_range(src, dst, count, src_offset, dst_offset)
-    except (AttributeError, OSError) as e:
-        if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        data = os.pread(src, min(count, COPY_BLOCK), src_offset)
-        return os.pwrite(dst, data, dst_offset) if data else 0
+        out.checkpoint(lambda: [downloads.release(f) for f in done], wait=wait)

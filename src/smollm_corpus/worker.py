@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import signal
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,35 @@ def init(progress_queue) -> None:
 
 def ready() -> None:
     """Nothing: submitted once per worker so that the processes start (and import) early."""
+
+
+class WorkerPool:
+    """Worker processes, started at once so that their imports overlap the main process's work."""
+
+    def __init__(self, size: int) -> None:
+        context = multiprocessing.get_context("spawn")  # a fork would copy the main's threads and clients
+        self.size = size
+        self.queue = context.Queue()  # progress reports
+        self.executor = ProcessPoolExecutor(size, mp_context=context, initializer=init, initargs=(self.queue,))
+        for _ in range(size):
+            self.executor.submit(ready)
+
+    def submit(self, job: Job, chunk: Chunk) -> Future:
+        return self.executor.submit(run_chunk, job, chunk)
+
+    def stop(self) -> None:
+        """Stop every worker now, busy or not."""
+        # ProcessPoolExecutor has no public way to stop running workers before Python 3.14.
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                process.terminate()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def run_chunk(job: Job, chunk: Chunk) -> parts.PartInfo:
