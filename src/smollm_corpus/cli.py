@@ -131,7 +131,8 @@ class _Bar:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=p.total_rows, initial=p.rows, desc=p.subset, unit=" docs", unit_scale=True,
+            unit = " blobs" if SUBSETS[p.subset].hydrated else " docs"
+            self.bar = tqdm(total=p.total_rows, initial=p.rows, desc=p.subset, unit=unit, unit_scale=True,
                             dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
         postfix = {"written": _human(p.bytes)}
         if p.skipped:
