@@ -72,7 +72,7 @@ def list_subsets() -> None:
 @click.option("--region", default="us-east-1", show_default=True, help="python-edu: S3 region.")
 @click.option("--no-sign-request", is_flag=True, help="python-edu: send unsigned S3 requests.")
 @click.option("--workers", type=click.IntRange(min=1),
-              help="python-edu: S3 requests in flight  [default: 32 per worker process]")
+              help="python-edu: S3 requests in flight, over all processes  [default: 32 per worker process]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, summary or notices.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail, and a traceback on errors.")
 def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, format_, **options) -> None:

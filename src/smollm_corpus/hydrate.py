@@ -35,6 +35,7 @@ from botocore.exceptions import (
     CredentialRetrievalError,
     NoCredentialsError,
     PartialCredentialsError,
+    ProfileNotFound,
 )
 
 from .errors import SmollmCorpusError
@@ -117,9 +118,28 @@ _CORRUPT = Blob(BlobStatus.CORRUPT)
 _INVALID = Blob(BlobStatus.INVALID)
 
 
-def credentials_available() -> bool:
-    """True when boto3's default credential chain finds credentials (call once, in the main process)."""
-    return boto3.Session().get_credentials() is not None
+def credentials_available(probe: bool = True) -> bool:
+    """True when boto3's default credential chain finds credentials (call once, in the main process).
+
+    With ``probe`` False the chain is not searched (no instance-metadata request): only the
+    configuration is checked, and the answer is False.
+
+    Raises:
+        S3AccessDenied: AWS_PROFILE names a profile that is not configured.
+    """
+    try:
+        session = boto3.Session()
+        return probe and session.get_credentials() is not None
+    except ProfileNotFound as error:
+        raise S3AccessDenied(
+            f"{error}: AWS_PROFILE names a profile that ~/.aws/config does not define; fix or unset "
+            "AWS_PROFILE (the bucket is public: --no-sign-request needs no credentials)"
+        ) from None
+    except BotoCoreError as error:  # partial keys, a failing credential_process, an unreadable config
+        raise S3AccessDenied(
+            f"the AWS credentials configured here cannot be used ({error}); fix them (AWS_ACCESS_KEY_ID with "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials), or pass --no-sign-request: the bucket is public"
+        ) from None
 
 
 def _decode(body: bytes) -> str:

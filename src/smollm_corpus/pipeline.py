@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import os
 import shutil
 import time
@@ -113,7 +112,8 @@ def fetch(
         format: ``txt`` or ``jsonl`` (one object per document with every column, ``text`` rendered).
         overwrite: discard a previous output of this subset, complete or not.
         bucket, s3_endpoint_url, region, no_sign_request, workers: where and how python-edu
-            contents are fetched; ``workers`` is the number of requests in flight (default: 32 per process).
+            contents are fetched; ``workers`` bounds the requests in flight over all processes
+            (default: 32 per process).
         progress: called often with the run's :class:`Progress`.
 
     Returns:
@@ -127,7 +127,7 @@ def fetch(
     """
     started = time.monotonic()
     spec = get_subset(subset)
-    num_proc = _check_options(num_proc, limit, max_bytes, format, separator, workers)
+    num_proc = _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url)
     jsonl = format == "jsonl"
     preset = spec.presets.get(template or "text")
     template_text = preset.template if preset else templates.unescape(template or "")
@@ -156,6 +156,8 @@ def fetch(
                 os.replace(partial, output)  # a run that stopped between its last two steps
         return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started)
 
+    if spec.hydrated and workers is not None:
+        num_proc = min(num_proc, workers)  # each process keeps at least one request in flight
     with WorkerPool(num_proc) as pool:  # the workers start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, subset, pinned or revision)
@@ -185,14 +187,14 @@ def fetch(
                 _clear(folder, manifest_path)
                 manifest = Manifest(options, commit=src.commit)
             run = _Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode())
-            threads = WORKERS_PER_PROCESS if workers is None else max(1, math.ceil(workers / pool.size))
+            threads = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
             job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3, threads)
             total = src.num_rows if limit is None else limit if src.num_rows is None else min(limit, src.num_rows)
             stats = run.execute(job, pool, Progress(subset, total), progress)
     return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started)
 
 
-def _check_options(num_proc, limit, max_bytes, format, separator, workers) -> int:
+def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url) -> int:
     if format not in ("txt", "jsonl"):
         raise UsageError(f"unknown format {format!r}; choose txt or jsonl")
     if format == "jsonl" and separator is not None:
@@ -201,6 +203,8 @@ def _check_options(num_proc, limit, max_bytes, format, separator, workers) -> in
         raise UsageError("--limit must be 0 or more")
     if max_bytes is not None and max_bytes <= 0:
         raise UsageError("--max-bytes must be more than 0")
+    if s3_endpoint_url is not None and not s3_endpoint_url.startswith(("http://", "https://")):
+        raise UsageError(f"--s3-endpoint-url {s3_endpoint_url!r} must start with http:// or https://")
     if workers is not None and workers < 1:
         raise UsageError("--workers must be 1 or more")
     if num_proc is not None and num_proc < 1:
@@ -213,7 +217,7 @@ def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_requ
 
     log.warning(TERMS)
     unsigned = no_sign_request
-    if not unsigned and not credentials_available():
+    if not credentials_available(probe=not unsigned) and not unsigned:
         log.warning("no AWS credentials found: sending unsigned requests (as with --no-sign-request)")
         unsigned = True
     return S3Options(bucket=bucket, endpoint_url=endpoint_url, region=region, unsigned=unsigned)

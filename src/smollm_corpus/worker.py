@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -61,11 +62,13 @@ _progress = None  # multiprocessing queue of (rows, documents, bytes, skipped) d
 _hydrator = None
 
 
-def init(progress_queue) -> None:
+def init(progress_queue, parent: int) -> None:
     """Set up a worker process: Ctrl-C is the parent's to handle, and the worker dies with its parent."""
     global _progress
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above could take effect
+        os._exit(1)
     _progress = progress_queue
 
 
@@ -80,7 +83,7 @@ class WorkerPool:
         context = multiprocessing.get_context("spawn")  # a fork would copy the main's threads and clients
         self.size = size
         self.queue = context.Queue()  # progress reports
-        self.executor = ProcessPoolExecutor(size, mp_context=context, initializer=init, initargs=(self.queue,))
+        self.executor = ProcessPoolExecutor(size, mp_context=context, initializer=init, initargs=(self.queue, os.getpid()))
         for _ in range(size):
             self.executor.submit(ready)
 
