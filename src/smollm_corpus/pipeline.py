@@ -1,10 +1,11 @@
 """fetch(): one subset from the source to ``input.txt``, in dataset order, resumable at any moment.
 
-Stages: the source's files are cut into chunks (a whole file for the text subsets, a few
-thousand rows for python-edu); worker processes turn each chunk into a part (read rows,
-fetch contents, render, write); this process appends finished parts to the output strictly
-in chunk order and records each append in the manifest. Output bytes therefore never depend
-on ``num_proc`` or on where a previous run stopped.
+Stages: the source's files are brought to disk a few ahead and cut into chunks (whole row
+groups, about 32 MB, for the text subsets; 4,096 rows for python-edu); worker processes turn
+each chunk into a part (read rows, fetch contents, render, write); this process appends
+finished parts to the output strictly in chunk order and checkpoints twice a second (fsync,
+then the manifest). Output bytes therefore never depend on ``num_proc`` or on where a
+previous run stopped.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import pyarrow as pa
 from . import parts, plan, source, template as templates
 from .errors import OutputError, SmollmCorpusError, UsageError
 from .manifest import Manifest
-from .stats import Stats
 from .output import Output
+from .stats import Stats
 from .subsets import DEFAULT_SOURCE, Subset, get_subset
 from .worker import Chunk, Job, WorkerPool
 

@@ -284,7 +284,7 @@ def read_rows(
 ) -> Iterator[pa.RecordBatch]:
     """Rows ``start`` to ``stop`` of a parquet file, in order, reading only the row groups that hold them."""
     # pre_buffer would read every requested row group up front: memory would grow with the file
-    pf = pq.ParquetFile(path, pre_buffer=False)
+    pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     stop = pf.metadata.num_rows if stop is None else min(stop, pf.metadata.num_rows)
     groups, first = [], None
     offset = 0
