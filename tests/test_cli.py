@@ -89,3 +89,16 @@ def test_python_m_runs_the_cli():
 
     result = subprocess.run([sys.executable, "-m", "smollm_corpus", "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "smollm-corpus, version" in result.stdout
+
+
+def test_an_unexpected_failure_is_one_paragraph_too(mirror, tmp_path, monkeypatch):
+    from smollm_corpus import cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(cli, "fetch", broken)
+    result = invoke("fetch", "cosmopedia-v2", "--source", str(mirror), "-o", str(tmp_path))
+    assert result.exit_code == 1
+    assert "error: cosmopedia-v2 failed unexpectedly (RuntimeError: something nobody foresaw)" in result.output
+    assert "Traceback" not in result.output

@@ -137,3 +137,18 @@ def test_source_folder_missing_or_misshapen_says_what_was_expected(mirror, tmp_p
     shutil.rmtree(copy / "python-edu")
     with pytest.raises(SourceError, match="python-edu"):
         fetch("python-edu", tmp_path, source_repo=str(copy))
+
+
+def test_damaged_parquet_file_is_named_with_what_to_do(mirror, tmp_path):
+    copy = tmp_path / "mirror"
+    shutil.copytree(mirror, copy)
+    damaged = sorted((copy / "cosmopedia-v2").glob("train-*.parquet"))[1]
+    damaged.write_bytes(damaged.read_bytes()[: 1000])
+    with pytest.raises(SourceError, match=r"cannot read cosmopedia-v2/train-00001-of-00003.parquet at .*damaged or incomplete"):
+        fetch("cosmopedia-v2", tmp_path / "out", source_repo=str(copy))
+
+
+def test_nanogpt_and_the_same_template_unstripped_are_different_fetches(mirror, tmp_path):
+    fetch("fineweb-edu-dedup", tmp_path, source_repo=str(mirror), template="nanogpt", limit=20)
+    with pytest.raises(OutputError, match=r"differing: strip\)"):
+        fetch("fineweb-edu-dedup", tmp_path, source_repo=str(mirror), template=r"#T:\n{text}", separator=r"\n", limit=20)

@@ -105,3 +105,21 @@ def test_rerun_of_complete_fetch_says_so(mirror, tmp_path):
     again = run_cli(*args)
     assert again.returncode == 0
     assert "cosmopedia-v2: already complete in" in again.stderr and "nothing to do" in again.stderr
+
+
+def test_signal_during_an_append_never_records_counters_without_their_position(big_mirror, tmp_path, reference):
+    # Many interrupts at arbitrary moments: every resume must still end in the reference bytes.
+    for delay in (0.6, 0.9, 1.2, 1.5):
+        proc = start(big_mirror, tmp_path, "-q")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        assert proc.returncode in (0, 130)
+        path = tmp_path / SUBSET / "manifest.json"
+        manifest = json.loads(path.read_text()) if path.exists() else {"complete": True}  # stopped before it began
+        partial = tmp_path / SUBSET / "input.txt.incomplete"
+        if not manifest["complete"]:
+            assert reference.startswith(partial.read_bytes()[: manifest["bytes"]])
+    result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "-q")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / SUBSET / "input.txt").read_bytes() == reference

@@ -62,3 +62,7 @@ def test_bad_templates_are_usage_errors_naming_the_problem(template, message):
     with pytest.raises(UsageError, match=None) as info:
         resolve(FINEWEB, template, SCHEMAS["fineweb-edu-dedup"])
     assert message in str(info.value)
+
+
+def test_template_without_placeholders_renders_its_literal_text():
+    assert parse("lit {{braces}}").render(batch(text=["a", "b"])) == ["lit {braces}", "lit {braces}"]

@@ -104,6 +104,12 @@ def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, fo
                 logging.getLogger("smollm_corpus").exception("traceback")
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: still one paragraph
+            if verbose:
+                logging.getLogger("smollm_corpus").exception("traceback")
+            click.echo(f"error: {name} failed unexpectedly ({type(e).__name__}: {e}); what was written is kept, "
+                       "so rerunning the same command resumes; add -v for the details, and please report it", err=True)
+            sys.exit(1)
         if not quiet:
             click.echo(_summary(result), err=True)
 

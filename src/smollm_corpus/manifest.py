@@ -17,7 +17,7 @@ from .errors import OutputError
 from .stats import Stats
 
 #: the options that decide the bytes of the output; a rerun with other values is another fetch
-IDENTITY = ("subset", "source", "revision", "template", "separator", "format", "limit", "max_bytes", "bucket")
+IDENTITY = ("subset", "source", "revision", "template", "strip", "separator", "format", "limit", "max_bytes", "bucket")
 
 
 @dataclass

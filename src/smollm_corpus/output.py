@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import mmap
 import os
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from .errors import OutputError, writing
 from .manifest import Manifest
 
 COPY_BLOCK = 8 << 20
+log = logging.getLogger("smollm_corpus")
 
 
 class Output:
@@ -38,8 +40,11 @@ class Output:
                 )
             os.ftruncate(self._fd, recorded)  # whatever follows the last checkpoint is redone
         if recorded:
-            with mmap.mmap(self._fd, recorded, access=mmap.ACCESS_READ) as data:
-                self._digest.update(data)
+            if recorded > 1 << 30:
+                log.info("checking the %.1f GB already written before resuming", recorded / 1e9)
+            with mmap.mmap(self._fd, recorded, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
+                for start in range(0, recorded, COPY_BLOCK):  # in blocks, so that Ctrl-C is heard
+                    self._digest.update(view[start : start + COPY_BLOCK])
         self._position = recorded
         self._background = ThreadPoolExecutor(2, thread_name_prefix="output")  # hashing, checkpoints
         self._hashing: Future | None = None
@@ -82,8 +87,9 @@ class Output:
         self._hashed()
         self.close()
         self.manifest.finish(self._digest.hexdigest())
-        self.manifest.save(self.manifest_path)
-        os.replace(self.partial, output)
+        with writing(output):
+            self.manifest.save(self.manifest_path)
+            os.replace(self.partial, output)
 
     def close(self) -> None:
         self._background.shutdown(wait=True)

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from . import parts, plan, source, template as templates
-from .errors import OutputError, SmollmCorpusError, UsageError
+from .errors import OutputError, SmollmCorpusError, UsageError, writing
 from .manifest import Manifest
 from .output import Output
 from .stats import Stats
@@ -138,6 +139,7 @@ def fetch(
         "source": source_repo,
         "revision": revision,
         "template": template_text,
+        "strip": bool(preset and preset.strip),
         "separator": sep,
         "format": format,
         "limit": limit,
@@ -226,7 +228,9 @@ def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_requ
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    with open(folder / ".lock", "w") as lock:
+    with writing(folder / ".lock"):
+        lock = open(folder / ".lock", "w")
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -236,6 +240,11 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def _clear(folder: Path, manifest_path: Path) -> None:
     """Remove a previous run's files (only this tool's own files: the folder may hold others)."""
+    with writing(folder):
+        _remove_outputs(folder, manifest_path)
+
+
+def _remove_outputs(folder: Path, manifest_path: Path) -> None:
     for name in ("input.txt", "input.jsonl", "input.txt.incomplete", "input.jsonl.incomplete", "missing_blobs.txt"):
         (folder / name).unlink(missing_ok=True)
     manifest_path.unlink(missing_ok=True)
@@ -256,8 +265,9 @@ class _Run:
 
     def execute(self, job: Job, pool: WorkerPool, view: Progress, progress: Callable[[Progress], None] | None) -> Stats:
         shutil.rmtree(self.parts_dir, ignore_errors=True)  # parts of a stopped run are rebuilt, never trusted
-        self.parts_dir.mkdir()
-        self.staging_dir.mkdir(exist_ok=True)
+        with writing(self.folder):
+            self.parts_dir.mkdir()
+            self.staging_dir.mkdir(exist_ok=True)
         stats = self.manifest.stats
         view.rows, view.documents, view.bytes, view.skipped = stats.rows, stats.documents, stats.bytes, Counter(stats.skipped)
         if progress:
@@ -316,8 +326,9 @@ class _Run:
         if self.spec.hydrated:
             missing = self.folder / "missing_blobs.txt"
             tmp = missing.with_name(missing.name + ".tmp")
-            tmp.write_text("".join(f"{b}\n" for b in self.manifest.missing_blobs))
-            os.replace(tmp, missing)
+            with writing(missing):
+                tmp.write_text("".join(f"{b}\n" for b in self.manifest.missing_blobs))
+                os.replace(tmp, missing)
         out.finish(self.output)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         shutil.rmtree(self.staging_dir, ignore_errors=True)
@@ -363,16 +374,17 @@ class _Run:
         out.copy(part, size)
         part.unlink()
         info.stats.bytes = size + len(sep)
-        stats.add(info.stats)
-        for _, reason, detail in info.skipped_rows:
-            if reason == "missing":
-                self.manifest.missing_blobs.append(detail)
-            elif reason == "corrupt":
-                self.manifest.corrupt_blobs.append(detail)
         row = chunk.start + info.stats.rows
         end_of_file = row == chunk.file_rows
-        self.manifest.position = {"file": chunk.file.index + end_of_file, "row": 0 if end_of_file else row}
-        self._appended.append(chunk)
+        with _signals_held():  # a checkpoint after Ctrl-C must never see counters without their position
+            stats.add(info.stats)
+            for _, reason, detail in info.skipped_rows:
+                if reason == "missing":
+                    self.manifest.missing_blobs.append(detail)
+                elif reason == "corrupt":
+                    self.manifest.corrupt_blobs.append(detail)
+            self.manifest.position = {"file": chunk.file.index + end_of_file, "row": 0 if end_of_file else row}
+            self._appended.append(chunk)
         return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
 
     def _checkpoint(self, out: Output, downloads: source.Downloads, wait: bool = False) -> None:
@@ -380,3 +392,14 @@ class _Run:
         done = [c.file for c in self._appended if c.ends_file]
         self._appended.clear()
         out.checkpoint(lambda: [downloads.release(f) for f in done], wait=wait)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back until the block is done; they arrive right after it."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 
-from .source import Downloads, Source
+from .source import Downloads, Source, read_metadata
 from .worker import HYDRATE_ROWS, Chunk
 
 #: data per chunk of a text subset (uncompressed, whole row groups): small enough that appends
@@ -30,7 +30,7 @@ def chunks(
         if limit is None:
             downloads.start(files[n : n + ahead])
         path = downloads.get(file)
-        meta = pq.read_metadata(path)
+        meta = read_metadata(file, path)
         start = position["row"] if n == 0 else 0
         end = meta.num_rows if limit is None else min(meta.num_rows, start + limit)
         for a, b in _ranges(meta, start, end, hydrated):

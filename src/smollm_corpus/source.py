@@ -13,9 +13,10 @@ import contextlib
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -200,13 +201,26 @@ class Downloads:
 
     def __init__(self, staging: Path, ahead: int) -> None:
         self.staging = staging
-        self._pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="download")
+        self._slots = threading.Semaphore(ahead)
         self._files: dict[SourceFile, Future] = {}
 
     def start(self, files: Iterable[SourceFile]) -> None:
         for file in files:
             if file not in self._files:
-                self._files[file] = self._pool.submit(acquire, file, self.staging)
+                self._files[file] = future = Future()
+                # A daemon thread: a run that stops does not wait for downloads it no longer needs
+                # (an interrupted download resumes from its .incomplete file next time).
+                threading.Thread(target=self._download, args=(file, future), daemon=True,
+                                 name=f"download-{file.index}").start()
+
+    def _download(self, file: SourceFile, future: Future) -> None:
+        with self._slots:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(acquire(file, self.staging))
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the file
+                future.set_exception(e)
 
     def get(self, file: SourceFile) -> Path:
         """The local path of ``file``, once it is there."""
@@ -218,7 +232,8 @@ class Downloads:
         release(file, self.staging)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for future in list(self._files.values()):
+            future.cancel()
 
 
 def _with_retries(call: Callable[[], T], what: str) -> T:
@@ -277,6 +292,28 @@ def describe_hub_error(e: Exception, what: str) -> tuple[bool, str]:
             "then rerun the same command to resume"
         )
     return False, f"reading {what} failed: {type(e).__name__}: {e}"
+
+
+def read_metadata(file: SourceFile, path: Path) -> pq.FileMetaData:
+    """The footer of ``file``, read from its local copy at ``path``.
+
+    Raises:
+        SourceError: the copy is not a readable parquet file.
+    """
+    with damaged(file, path):
+        return pq.read_metadata(path)
+
+
+@contextlib.contextmanager
+def damaged(file: SourceFile, path: Path) -> Iterator[None]:
+    """Turn a parquet read error into a SourceError that says which file and what to do."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        raise SourceError(
+            f"cannot read {file.name} at {path} ({e}); the file is damaged or incomplete: delete that copy "
+            "(it is downloaded again) or repair the --source folder, then rerun the same command"
+        ) from None
 
 
 def read_rows(

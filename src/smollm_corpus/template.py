@@ -58,8 +58,10 @@ class Template:
         values = [self._strings(batch, path) for path in self.fields]
         if self.literals == ("", "") and len(values) == 1:
             return values[0]
+        if not values:
+            return ["".join(self.literals)] * batch.num_rows
         pattern = "{}".join(lit.replace("{", "{{").replace("}", "}}") for lit in self.literals)
-        return list(map(pattern.format, *values)) if values else [pattern] * batch.num_rows
+        return list(map(pattern.format, *values))
 
     def _strings(self, batch: pa.RecordBatch | pa.Table, path: tuple[str, ...]) -> list[str]:
         column = batch.column(path[0])

@@ -130,6 +130,10 @@ def run_chunk(job: Job, chunk: Chunk) -> parts.PartInfo:
             if writer.full:
                 break
         info = writer.finish(rows)
+    except (pa.ArrowException, OSError):  # writing errors arrive as OutputError: these come from reading
+        writer.abort()
+        with source.damaged(chunk.file, Path(chunk.path)):
+            raise
     except BaseException:
         writer.abort()
         raise
