@@ -152,3 +152,13 @@ def test_nanogpt_and_the_same_template_unstripped_are_different_fetches(mirror, 
     fetch("fineweb-edu-dedup", tmp_path, source_repo=str(mirror), template="nanogpt", limit=20)
     with pytest.raises(OutputError, match=r"differing: strip\)"):
         fetch("fineweb-edu-dedup", tmp_path, source_repo=str(mirror), template=r"#T:\n{text}", separator=r"\n", limit=20)
+
+
+def test_progress_never_runs_backwards_or_past_the_total(big_mirror, tmp_path):
+    seen = []
+    result = fetch("fineweb-edu-dedup", tmp_path, source_repo=str(big_mirror), num_proc=2,
+                   progress=lambda p: seen.append((p.rows, p.total_rows)))
+    rows = [r for r, _ in seen]
+    assert rows == sorted(rows) and len(set(rows)) > 3
+    assert all(r <= total for r, total in seen)
+    assert rows[-1] == seen[-1][1] == result.stats.rows

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue as queue_module
 import shutil
 import signal
 import time
@@ -269,7 +270,9 @@ class _Run:
             self.parts_dir.mkdir()
             self.staging_dir.mkdir(exist_ok=True)
         stats = self.manifest.stats
-        view.rows, view.documents, view.bytes, view.skipped = stats.rows, stats.documents, stats.bytes, Counter(stats.skipped)
+        self._in_flight: dict[int, Stats] = {}  # what workers reported of chunks not appended yet
+        self._next = 0  # the next chunk to append
+        self._update(view)
         if progress:
             progress(view)
         if stats.rows:
@@ -293,7 +296,9 @@ class _Run:
                 chunk, future = window.popleft()
                 info = self._wait(future, pool.queue, view, progress)
                 full = self._append(out, chunk, info)
-                self._sync_view(view)
+                self._in_flight.pop(chunk.index, None)
+                self._next = chunk.index + 1
+                self._update(view)
                 if progress:
                     progress(view)
                 if full:
@@ -344,19 +349,20 @@ class _Run:
                     progress(view)
 
     def _drain(self, queue, view: Progress) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(queue_module.Empty):
             while True:
-                rows, documents, nbytes, skipped = queue.get_nowait()
-                view.rows += rows
-                view.documents += documents
-                view.bytes += nbytes
-                view.skipped.update(skipped)
+                index, rows, documents, nbytes, skipped = queue.get_nowait()
+                if index >= self._next:  # a report that arrives after its chunk was appended is counted already
+                    self._in_flight.setdefault(index, Stats()).add(Stats(rows, documents, nbytes, Counter(skipped)))
+        self._update(view)
 
-    def _sync_view(self, view: Progress) -> None:
-        # Appends are the truth; in-flight counts only ever run ahead of them.
-        stats = self.manifest.stats
-        view.rows, view.documents = max(view.rows, stats.rows), max(view.documents, stats.documents)
-        view.bytes = max(view.bytes, stats.bytes)
+    def _update(self, view: Progress) -> None:
+        """The bar's view: what is appended, plus what the workers hold."""
+        total = Stats()
+        total.add(self.manifest.stats)
+        for stats in self._in_flight.values():
+            total.add(stats)
+        view.rows, view.documents, view.bytes, view.skipped = total.rows, total.documents, total.bytes, total.skipped
 
     def _append(self, out: Output, chunk: Chunk, info: parts.PartInfo) -> bool:
         """Append a finished part to the output and count it. Returns True when the output is full."""

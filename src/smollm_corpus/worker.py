@@ -58,7 +58,7 @@ class Job:
     threads: int = 1  # S3 requests in flight per worker process
 
 
-_progress = None  # multiprocessing queue of (rows, documents, bytes, skipped) deltas
+_progress = None  # multiprocessing queue of (chunk, rows, documents, bytes, skipped) deltas
 _hydrator = None
 
 
@@ -126,7 +126,7 @@ def run_chunk(job: Job, chunk: Chunk) -> parts.PartInfo:
                 taken = writer.write(positions, _render(batch, job))
                 rows = positions[taken - 1] + 1 if taken < len(positions) else first + count
             if time.monotonic() - last_report > REPORT_EVERY:
-                reported, last_report = _report(writer, rows, reported), time.monotonic()
+                reported, last_report = _report(chunk, writer, rows, reported), time.monotonic()
             if writer.full:
                 break
         info = writer.finish(rows)
@@ -137,7 +137,7 @@ def run_chunk(job: Job, chunk: Chunk) -> parts.PartInfo:
     except BaseException:
         writer.abort()
         raise
-    _report(writer, rows, reported)
+    _report(chunk, writer, rows, reported)
     return info
 
 
@@ -186,12 +186,13 @@ def _json_value(value: object) -> str:
     return isoformat() if isoformat else str(value)
 
 
-def _report(writer: parts.PartWriter, rows: int, reported: list) -> list:
+def _report(chunk: Chunk, writer: parts.PartWriter, rows: int, reported: list) -> list:
+    """Tell the main process how far ``chunk`` has got since the last report."""
     stats = writer.stats
     now = [rows, stats.documents, stats.bytes, dict(stats.skipped)]
     if _progress is not None and now != reported:
         skipped = {k: v - reported[3].get(k, 0) for k, v in now[3].items()}
-        _progress.put((now[0] - reported[0], now[1] - reported[1], now[2] - reported[2], skipped))
+        _progress.put((chunk.index, now[0] - reported[0], now[1] - reported[1], now[2] - reported[2], skipped))
     return now
 
 
