@@ -48,7 +48,6 @@ class Source:
     """A subset resolved to its files."""
 
     repo: str  # Hub dataset id or local directory, as given
-    revision: str | None  # as asked for
     commit: str | None  # the commit the Hub resolved the revision to; None for a local directory
     files: tuple[SourceFile, ...]
     schema: pa.Schema
@@ -81,7 +80,7 @@ def _resolve_local(root: Path, subset: str, given: str) -> Source:
     missing = [f for f in files if not os.path.exists(f)]
     if not files or missing:
         raise SourceError(f"source folder {given} has no parquet files for {subset}; {expected}")
-    return Source(given, None, None, _source_files(files, root), _schema(builder, files[0]), _rows(builder))
+    return Source(given, None, _source_files(files, root), _schema(builder, files[0]), _rows(builder))
 
 
 def _resolve_hub(repo: str, subset: str, revision: str | None) -> Source:
@@ -92,7 +91,7 @@ def _resolve_hub(repo: str, subset: str, revision: str | None) -> Source:
     files = _data_files(builder, subset, repo)
     if not files:
         raise SourceError(f"{repo} at {revision or 'main'} has no data files for {subset}")
-    return Source(repo, revision, commit, _source_files(files, None), _schema(builder, files[0]), _rows(builder))
+    return Source(repo, commit, _source_files(files, None), _schema(builder, files[0]), _rows(builder))
 
 
 def _builder(path: str, subset: str, revision: str | None, given: str):  # -> datasets.DatasetBuilder
@@ -272,13 +271,14 @@ def describe_hub_error(e: Exception, what: str) -> tuple[bool, str]:
         return False, (
             f"{what} was not found, or needs authentication: check --source, and set HF_TOKEN if it is private"
         )
-    if isinstance(e, hf.RemoteEntryNotFoundError if hasattr(hf, "RemoteEntryNotFoundError") else hf.EntryNotFoundError):
-        return False, f"{what} is not in the repository: check --source and --revision"
     if isinstance(e, hf.LocalEntryNotFoundError) or "offline" in str(e).lower():
         return False, (
             f"{what} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is set, or "
             "the network is down); unset HF_HUB_OFFLINE, check the network or HF_ENDPOINT, or use --source DIR"
         )
+    # the remote miss is its own class in newer huggingface_hub, a subclass of EntryNotFoundError in older
+    if isinstance(e, (hf.EntryNotFoundError, getattr(hf, "RemoteEntryNotFoundError", hf.EntryNotFoundError))):
+        return False, f"{what} is not in the repository: check --source and --revision"
     if status == 429:
         return True, f"the Hub is rate-limiting requests for {what} (HTTP 429); wait a few minutes and rerun"
     if status in (401, 403):
