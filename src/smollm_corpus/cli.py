@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -59,7 +60,7 @@ def list_subsets() -> None:
 @click.option("--source", "source_repo", envvar="SMOLLM_CORPUS_SOURCE", default=DEFAULT_SOURCE, show_default=True,
               help="A Hub dataset id, or a local folder laid out like the Hub repository (env SMOLLM_CORPUS_SOURCE).")
 @click.option("--revision", help="Hub revision: a branch, tag or commit.")
-@click.option("--num-proc", type=click.IntRange(min=1), help="Worker processes  [default: number of CPUs]")
+@click.option("--num-proc", type=click.IntRange(min=1), help="Workers: threads for a template that is one column as is (the default), else processes  [default: number of CPUs]")
 @click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows, in dataset order.")
 @click.option("--max-bytes", type=Size(), help="Stop at the last whole document before the output passes SIZE (500M, 2G).")
 @click.option("--template", help="A preset (text, nanogpt) or a string with {column} placeholders; \\n, \\t, \\\\ are interpreted.")
@@ -93,9 +94,9 @@ def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, fo
     _log_to_stderr(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     for name in subsets or SUBSETS:
+        bar = None if quiet else _Bar()
         try:
-            result = fetch(name, out_dir, source_repo=source_repo, format=format_,
-                           progress=None if quiet else _Bar(), **options)
+            result = fetch(name, out_dir, source_repo=source_repo, format=format_, progress=bar, **options)
         except KeyboardInterrupt:  # before the fetch had anything to keep
             click.echo(f"error: interrupted; run the same command again to resume {name}", err=True)
             sys.exit(130)
@@ -110,8 +111,30 @@ def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, fo
             click.echo(f"error: {name} failed unexpectedly ({type(e).__name__}: {e}); what was written is kept, "
                        "so rerunning the same command resumes; add -v for the details, and please report it", err=True)
             sys.exit(1)
+        finally:
+            if bar is not None:
+                bar.close()
         if not quiet:
             click.echo(_summary(result), err=True)
+
+
+def run() -> None:
+    """The console script: :func:`main`, then an exit that skips tearing the interpreter down.
+
+    By then the output is durable and renamed, and every worker has stopped; what is left is
+    freeing the modules ``datasets`` imports (pandas among them), 0.15 s of every run.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _log_to_stderr(level: int) -> None:
@@ -146,9 +169,10 @@ class _Bar:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(max(p.rows - self.bar.n, 0))
 
-    def __del__(self) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _summary(r: FetchResult) -> str:
@@ -169,4 +193,4 @@ def _human(n: float) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from .errors import OutputError, writing
 from .manifest import Manifest
+from .signals import block_in_this_thread
 
 COPY_BLOCK = 8 << 20
+HASH_BLOCK = 4 << 20
 log = logging.getLogger("smollm_corpus")
 
 
@@ -46,7 +48,7 @@ class Output:
                 for start in range(0, recorded, COPY_BLOCK):  # in blocks, so that Ctrl-C is heard
                     self._digest.update(view[start : start + COPY_BLOCK])
         self._position = recorded
-        self._background = ThreadPoolExecutor(2, thread_name_prefix="output")  # hashing, checkpoints
+        self._background = ThreadPoolExecutor(2, thread_name_prefix="output", initializer=block_in_this_thread)  # hashing, checkpoints
         self._hashing: Future | None = None
         self._persisting: Future | None = None
 
@@ -72,6 +74,26 @@ class Output:
                     raise OSError(errno.EIO, f"{part} ended early")
                 copied += n
         self._position += size
+
+    def append(self, pieces: list, size: int) -> None:
+        """Append the first ``size`` bytes of ``pieces`` (bytes-like objects), hashed meanwhile."""
+        views, left = [], size
+        for piece in pieces:
+            if left <= 0:
+                break
+            view = memoryview(piece).cast("B")
+            views.append(view[:left])
+            left -= len(views[-1])
+        if not views:
+            return
+        self._hashed()
+        self._hashing = self._background.submit(_hash_all, self._digest, views)
+        with writing(self.partial):
+            for view in views:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], self._position + done)
+                self._position += done
 
     def checkpoint(self, then: Callable[[], None] | None = None, wait: bool = False) -> None:
         """Make what was appended durable and record it in the manifest, then call ``then``."""
@@ -111,9 +133,18 @@ class Output:
             then()
 
 
+def _hash_all(digest, views: list[memoryview]) -> None:
+    for view in views:
+        digest.update(view)  # hashlib lets go of the GIL for large buffers
+
+
 def _hash_and_close(digest, data: mmap.mmap) -> None:
     try:
-        digest.update(data)  # hashlib lets go of the GIL for large buffers
+        with memoryview(data) as view:
+            for start in range(0, len(data), HASH_BLOCK):
+                digest.update(view[start : start + HASH_BLOCK])  # hashlib lets go of the GIL for large buffers
+                if hasattr(mmap, "MADV_DONTNEED"):  # unmap what was hashed: the part's pages are not this process's memory
+                    data.madvise(mmap.MADV_DONTNEED, start, min(HASH_BLOCK, len(data) - start))
     finally:
         data.close()
 

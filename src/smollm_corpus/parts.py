@@ -1,10 +1,12 @@
 """Parts: the output of one chunk, written by a worker and appended to the output in order.
 
-A part is a scratch file, ``NNNNNN.part``: the chunk's documents joined by the separator. It
-is not made durable (it lives a few seconds, usually only in the page cache, and a resumed run
-rebuilds any part it did not append), so the output is the only file written to disk for real.
-What the appender needs besides the bytes travels back with the worker's answer, a
-:class:`PartInfo`: the counters, the skipped rows, and where each document ends.
+A part is the chunk's documents joined by the separator. A worker process writes it to a
+scratch file, ``NNNNNN.part``, which is not made durable (it lives a few seconds, usually only
+in the page cache, and a resumed run rebuilds any part it did not append), so the output is the
+only file written to disk for real. A worker thread keeps it in memory instead, as Arrow
+buffers, which the appender writes straight into the output. What the appender needs besides
+the bytes travels back with the worker's answer, a :class:`PartInfo`: the counters, the skipped
+rows, and where each document ends.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class PartInfo:
     #: for each document, its row within the chunk and the offset in the part where it ends
     rows: array = field(default_factory=lambda: array("q"))
     ends: array = field(default_factory=lambda: array("q"))
+    #: the part's bytes, in pieces, where it was kept in memory; None where it is in its file
+    data: list | None = None
 
     def cut(self, budget: int) -> tuple[int, "PartInfo"]:
         """How many bytes of the part fit in ``budget`` (whole documents only), and the counters of that prefix."""
@@ -49,15 +53,17 @@ def path(folder: Path, chunk: int) -> Path:
 
 
 class PartWriter:
-    """Writes the documents of one chunk to its part, stopping once it holds ``max_bytes``."""
+    """Writes the documents of one chunk to its part (a file, or memory), stopping once it holds ``max_bytes``."""
 
-    def __init__(self, folder: Path, chunk: int, separator: bytes, max_bytes: int | None) -> None:
+    def __init__(self, folder: Path, chunk: int, separator: bytes, max_bytes: int | None, in_memory: bool = False) -> None:
         self.separator = separator
         self.max_bytes = max_bytes
-        self.info = PartInfo(Stats())
+        self.info = PartInfo(Stats(), data=[] if in_memory else None)
         self.folder = folder
-        with writing(folder):
-            self._out = open(path(folder, chunk), "wb")
+        self._out = None
+        if not in_memory:
+            with writing(folder):
+                self._out = open(path(folder, chunk), "wb")
 
     @property
     def stats(self) -> Stats:
@@ -123,20 +129,28 @@ class PartWriter:
         self.info.rows.extend(kept_rows.cast(pa.int64()).to_pylist())
         self.info.ends.extend(ends.to_pylist())
         self.stats.documents += len(column)
-        with writing(self.folder):
-            self._out.write(lead)
-            self._out.write(data)
+        self._put(lead)
+        self._put(data)
         self.stats.bytes += len(lead) + data.size
 
     def _flush(self, pieces: list[bytes], offset: int) -> None:
-        with writing(self.folder):
-            self._out.write(b"".join(pieces))
+        self._put(b"".join(pieces))
         self.stats.bytes = offset
+
+    def _put(self, data) -> None:
+        if not len(data):
+            return
+        if self.info.data is not None:
+            self.info.data.append(data)
+            return
+        with writing(self.folder):
+            self._out.write(data)
 
     def finish(self, rows: int) -> PartInfo:
         """Close the part; ``rows`` is how many rows of the chunk it covers."""
-        with writing(self.folder):
-            self._out.close()
+        if self._out is not None:
+            with writing(self.folder):
+                self._out.close()
         # Rows past ``rows`` (read but cut by max_bytes) are not part of this part.
         self.info.skipped_rows = [r for r in self.info.skipped_rows if r[0] < rows]
         self.stats.skipped = Counter(r[1] for r in self.info.skipped_rows)
@@ -144,7 +158,8 @@ class PartWriter:
         return self.info
 
     def abort(self) -> None:
-        self._out.close()
+        if self._out is not None:
+            self._out.close()
 
 
 def _blank(column: pa.Array) -> pa.Array:

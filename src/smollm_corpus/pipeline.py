@@ -16,7 +16,6 @@ import logging
 import os
 import queue as queue_module
 import shutil
-import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -28,13 +27,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from . import parts, plan, source, template as templates
+from . import parts, plan, signals, source, template as templates
 from .errors import OutputError, SmollmCorpusError, UsageError, writing
 from .manifest import Manifest
 from .output import Output
 from .stats import Stats
 from .subsets import DEFAULT_SOURCE, Subset, get_subset
-from .worker import Chunk, Job, WorkerPool
+from .worker import Chunk, Job, WorkerPool, arrow_only
 
 log = logging.getLogger("smollm_corpus")
 
@@ -162,7 +161,8 @@ def fetch(
 
     if spec.hydrated and workers is not None:
         num_proc = min(num_proc, workers)  # each process keeps at least one request in flight
-    with WorkerPool(num_proc) as pool:  # the workers start while the source is resolved
+    threads = arrow_only(templates.parse(template_text, strip=bool(preset and preset.strip)), jsonl, max_bytes, spec.hydrated)
+    with WorkerPool(num_proc, threads) as pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, subset, pinned or revision)
         schema = src.schema
@@ -191,8 +191,8 @@ def fetch(
                 _clear(folder, manifest_path)
                 manifest = Manifest(options, commit=src.commit)
             run = _Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode())
-            threads = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
-            job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3, threads)
+            requests = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
+            job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3, requests, in_memory=pool.threads)
             total = src.num_rows if limit is None else limit if src.num_rows is None else min(limit, src.num_rows)
             stats = run.execute(job, pool, Progress(subset, total), progress)
     return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started)
@@ -281,7 +281,8 @@ class _Run:
         downloads = source.Downloads(self.staging_dir, ahead)
         out = Output(self.partial, self.manifest, self.manifest_path)
         limit = None if self.limit is None else self.limit - stats.rows
-        chunks = plan.chunks(self.src, self.manifest.position, limit, self.spec.hydrated, downloads, ahead)
+        chunk_bytes = plan.MEMORY_CHUNK_BYTES if job.in_memory else plan.CHUNK_BYTES
+        chunks = plan.chunks(self.src, self.manifest.position, limit, self.spec.hydrated, downloads, ahead, chunk_bytes)
         window: deque[tuple[Chunk, Future]] = deque()
         checkpointed = time.monotonic()
         try:
@@ -375,14 +376,17 @@ class _Run:
                 size, info = info.cut(max(budget, 0))
                 full = True
                 sep = sep if size else b""
-        part = parts.path(self.parts_dir, chunk.index)
         out.write(sep)
-        out.copy(part, size)
-        part.unlink()
+        if info.data is not None:
+            out.append(info.data, size)
+        else:
+            part = parts.path(self.parts_dir, chunk.index)
+            out.copy(part, size)
+            part.unlink()
         info.stats.bytes = size + len(sep)
         row = chunk.start + info.stats.rows
         end_of_file = row == chunk.file_rows
-        with _signals_held():  # a checkpoint after Ctrl-C must never see counters without their position
+        with signals.held():  # a checkpoint after Ctrl-C must never see counters without their position
             stats.add(info.stats)
             for _, reason, detail in info.skipped_rows:
                 if reason == "missing":
@@ -398,14 +402,3 @@ class _Run:
         done = [c.file for c in self._appended if c.ends_file]
         self._appended.clear()
         out.checkpoint(lambda: [downloads.release(f) for f in done], wait=wait)
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back until the block is done; they arrive right after it."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -12,10 +12,13 @@ from .worker import HYDRATE_ROWS, Chunk
 #: data per chunk of a text subset (uncompressed, whole row groups): small enough that appends
 #: keep pace with the workers and the last chunk leaves little to wait for
 CHUNK_BYTES = 32 << 20
+#: the same where parts are kept in memory until appended: two per worker wait at most
+MEMORY_CHUNK_BYTES = 8 << 20
 
 
 def chunks(
-    src: Source, position: dict, limit: int | None, hydrated: bool, downloads: Downloads, ahead: int
+    src: Source, position: dict, limit: int | None, hydrated: bool, downloads: Downloads, ahead: int,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[Chunk]:
     """Chunks from ``position`` (file and row) on; files are brought to disk ``ahead`` at a time.
 
@@ -33,7 +36,7 @@ def chunks(
         meta = read_metadata(file, path)
         start = position["row"] if n == 0 else 0
         end = meta.num_rows if limit is None else min(meta.num_rows, start + limit)
-        for a, b in _ranges(meta, start, end, hydrated):
+        for a, b in _ranges(meta, start, end, hydrated, chunk_bytes):
             yield Chunk(index, file, str(path), a, b, meta.num_rows)
             index += 1
         if start == end:
@@ -42,8 +45,8 @@ def chunks(
             limit -= end - start
 
 
-def _ranges(meta: pq.FileMetaData, start: int, end: int, hydrated: bool) -> Iterator[tuple[int, int]]:
-    """Row ranges of about CHUNK_BYTES (whole row groups), or of HYDRATE_ROWS rows where contents come from S3."""
+def _ranges(meta: pq.FileMetaData, start: int, end: int, hydrated: bool, chunk_bytes: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of about ``chunk_bytes`` (whole row groups), or of HYDRATE_ROWS rows where contents come from S3."""
     if hydrated:
         yield from ((a, min(a + HYDRATE_ROWS, end)) for a in range(start, end, HYDRATE_ROWS))
         return
@@ -56,7 +59,7 @@ def _ranges(meta: pq.FileMetaData, start: int, end: int, hydrated: bool) -> Iter
         size += group.total_byte_size
         if offset >= end:
             break
-        if size >= CHUNK_BYTES:
+        if size >= chunk_bytes:
             yield first, offset
             first, size = offset, 0
     if first < end:

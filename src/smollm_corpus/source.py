@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SourceError
+from .signals import block_in_this_thread
 
 _HF_URL = re.compile(r"^hf://datasets/(?P<repo>.+?)@(?P<revision>[^/]+)/(?P<path>.+)$")
 #: attempts and first delay for transient Hub errors (429, 5xx, connection drops)
@@ -213,6 +214,7 @@ class Downloads:
                                  name=f"download-{file.index}").start()
 
     def _download(self, file: SourceFile, future: Future) -> None:
+        block_in_this_thread()
         with self._slots:
             if not future.set_running_or_notify_cancel():
                 return

@@ -1,4 +1,10 @@
-"""The work of one chunk, run in a worker process: read rows, fetch contents, render, write a part."""
+"""The work of one chunk, run by a worker: read rows, fetch contents, render, write a part.
+
+Workers are threads of the main process where a chunk's work is all Arrow's (a template that
+is one string column as is, written as txt, with no --max-bytes): Arrow decodes and joins without holding the GIL,
+and threads cost neither start-up nor a copy of pyarrow per process. Every other job (Python
+rendering, jsonl, python-edu's S3 requests) holds the GIL, so it runs in spawned processes.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,18 @@ import contextlib
 import json
 import multiprocessing
 import os
+import queue as queue_module
 import signal
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from . import parts, source
+from . import parts, signals, source
 from .source import SourceFile
 from .template import Template
 
@@ -56,6 +64,20 @@ class Job:
     columns: tuple[str, ...]  # columns read from the parquet files
     s3: object | None = None  # hydrate.S3Options for subsets whose text lives in S3
     threads: int = 1  # S3 requests in flight per worker process
+    in_memory: bool = False  # parts stay in memory (thread workers) rather than in files
+
+
+def arrow_only(template: Template, jsonl: bool, max_bytes: int | None, hydrated: bool) -> bool:
+    """Whether every chunk of such a job is Arrow's work alone, so that threads can share it without the GIL.
+
+    Judged before the schema is known: a placeholder that turns out not to be a string column is
+    rendered in Python, which is correct, only slower in threads.
+    """
+    return not (jsonl or max_bytes or hydrated or template.strip) and template.literals == ("", "") and len(template.fields) == 1
+
+
+class Stopped(Exception):
+    """A thread worker gave up its chunk because the pool was stopped."""
 
 
 _progress = None  # multiprocessing queue of (chunk, rows, documents, bytes, skipped) deltas
@@ -77,21 +99,35 @@ def ready() -> None:
 
 
 class WorkerPool:
-    """Worker processes, started at once so that their imports overlap the main process's work."""
+    """``size`` workers: threads of this process, or processes started at once so that their imports
+    overlap the main process's work."""
 
-    def __init__(self, size: int) -> None:
-        context = multiprocessing.get_context("spawn")  # a fork would copy the main's threads and clients
+    def __init__(self, size: int, threads: bool = False) -> None:
         self.size = size
-        self.queue = context.Queue()  # progress reports
+        self.threads = threads
+        self._stopping = threading.Event()
+        self.executor: ThreadPoolExecutor | ProcessPoolExecutor
+        if threads:
+            self.queue = queue_module.SimpleQueue()  # progress reports
+            self.executor = ThreadPoolExecutor(size, thread_name_prefix="worker", initializer=signals.block_in_this_thread)
+            return
+        context = multiprocessing.get_context("spawn")  # a fork would copy the main's threads and clients
+        self.queue = context.Queue()
         self.executor = ProcessPoolExecutor(size, mp_context=context, initializer=init, initargs=(self.queue, os.getpid()))
         for _ in range(size):
             self.executor.submit(ready)
 
     def submit(self, job: Job, chunk: Chunk) -> Future:
+        if self.threads:
+            return self.executor.submit(run_chunk, job, chunk, self.queue, self._stopping)
         return self.executor.submit(run_chunk, job, chunk)
 
     def stop(self) -> None:
-        """Stop every worker now, busy or not."""
+        """Stop every worker now, busy or not (a thread gives up its chunk at its next batch)."""
+        self._stopping.set()
+        if self.threads:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            return
         # ProcessPoolExecutor has no public way to stop running workers before Python 3.14.
         for process in list((getattr(self.executor, "_processes", None) or {}).values()):
             with contextlib.suppress(Exception):
@@ -105,15 +141,22 @@ class WorkerPool:
         self.stop()
 
 
-def run_chunk(job: Job, chunk: Chunk) -> parts.PartInfo:
-    """Process ``chunk`` into its part; returns what the part holds."""
-    writer = parts.PartWriter(job.parts_dir, chunk.index, job.separator, job.max_bytes)
+def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event | None = None) -> parts.PartInfo:
+    """Process ``chunk`` into its part; returns what the part holds.
+
+    ``progress`` receives the reports (default: the worker process's queue); a set ``stopping``
+    makes the chunk stop at its next batch with :class:`Stopped`.
+    """
+    progress = progress if progress is not None else _progress
+    writer = parts.PartWriter(job.parts_dir, chunk.index, job.separator, job.max_bytes, job.in_memory)
     rows = 0
     reported, last_report = [0, 0, 0, {}], time.monotonic()
     # Contents are fetched a whole chunk at a time, so that requests keep flowing across batch boundaries.
     batch_rows = HYDRATE_ROWS if job.s3 is not None else BATCH_ROWS
     try:
         for batch in source.read_rows(Path(chunk.path), list(job.columns), chunk.start, chunk.stop, batch_rows):
+            if stopping is not None and stopping.is_set():
+                raise Stopped
             first, count = rows, batch.num_rows
             column = None if job.s3 is not None or job.jsonl or job.max_bytes else job.template.column(batch)
             if column is not None:
@@ -126,7 +169,7 @@ def run_chunk(job: Job, chunk: Chunk) -> parts.PartInfo:
                 taken = writer.write(positions, _render(batch, job))
                 rows = positions[taken - 1] + 1 if taken < len(positions) else first + count
             if time.monotonic() - last_report > REPORT_EVERY:
-                reported, last_report = _report(chunk, writer, rows, reported), time.monotonic()
+                reported, last_report = _report(progress, chunk, writer, rows, reported), time.monotonic()
             if writer.full:
                 break
         info = writer.finish(rows)
@@ -137,7 +180,7 @@ def run_chunk(job: Job, chunk: Chunk) -> parts.PartInfo:
     except BaseException:
         writer.abort()
         raise
-    _report(chunk, writer, rows, reported)
+    _report(progress, chunk, writer, rows, reported)
     return info
 
 
@@ -186,13 +229,13 @@ def _json_value(value: object) -> str:
     return isoformat() if isoformat else str(value)
 
 
-def _report(chunk: Chunk, writer: parts.PartWriter, rows: int, reported: list) -> list:
+def _report(progress, chunk: Chunk, writer: parts.PartWriter, rows: int, reported: list) -> list:
     """Tell the main process how far ``chunk`` has got since the last report."""
     stats = writer.stats
     now = [rows, stats.documents, stats.bytes, dict(stats.skipped)]
-    if _progress is not None and now != reported:
+    if progress is not None and now != reported:
         skipped = {k: v - reported[3].get(k, 0) for k, v in now[3].items()}
-        _progress.put((chunk.index, now[0] - reported[0], now[1] - reported[1], now[2] - reported[2], skipped))
+        progress.put((chunk.index, now[0] - reported[0], now[1] - reported[1], now[2] - reported[2], skipped))
     return now
 
 
