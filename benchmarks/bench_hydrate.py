@@ -8,7 +8,8 @@ lists the served blob ids plus a few missing ones, as upstream has.
 (a) the published recipe: ``load_dataset(DIR, "python-edu", split="train")``, then
     ``ds.map(download, input_columns="blob_id", num_proc=16)`` with one ``get_object`` at a
     time on a per-process boto3 client, then ``ds.filter(download_success)``;
-(b) ``smollm-corpus fetch python-edu --source DIR -o OUT -q --s3-endpoint-url URL``.
+(b) ``smollm-corpus fetch python-edu --source DIR -o OUT -q --s3-endpoint-url URL``, and the
+    same with ``--s3-client boto3`` (every request sent by boto3 itself).
 
     .venv/bin/python benchmarks/bench_hydrate.py                      # 20,000 blobs, 30 ms
     .venv/bin/python benchmarks/bench_hydrate.py --blobs 2000 --runs 1 --only a
@@ -495,7 +496,7 @@ def measure(key: str, tag: str, server: Server, mirror: Path, work: Path) -> Run
         cmd = common.python_call("bench_hydrate", "run_recipe", source=str(mirror), out=str(out), num_proc=RECIPE_NUM_PROC)
     else:
         cmd = [str(common.cli_path() or "smollm-corpus"), "fetch", "python-edu", "--source", str(mirror), "-o", str(out),
-               "-q", "--s3-endpoint-url", server.url]
+               "-q", "--s3-endpoint-url", server.url, *(["--s3-client", "boto3"] if key == "b-boto3" else [])]
     before = server.stats(reset=True)
     m = common.run_measured(cmd, env=env, log=run_dir / "log.txt", watch=[scratch], timeout_s=RUN_TIMEOUT_S)
     after = server.stats()
@@ -508,7 +509,7 @@ def measure(key: str, tag: str, server: Server, mirror: Path, work: Path) -> Run
 
 #: client processes each approach runs here; on PROJECTED_CORES cores the recipe still runs
 #: RECIPE_NUM_PROC of them and the tool one per core, each with as many requests in flight as here
-PROCESSES_HERE = {"a": RECIPE_NUM_PROC, "b": os.cpu_count() or 1}
+PROCESSES_HERE = {"a": RECIPE_NUM_PROC, "b": os.cpu_count() or 1, "b-boto3": os.cpu_count() or 1}
 
 
 def projection(cpu_ms: float, in_flight_per_process: float, latency_ms: float) -> tuple[float, float]:
@@ -570,11 +571,11 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=30, help="server delay before each response, ms")
     parser.add_argument("--runs", type=int, default=3, help="runs per approach; the table shows medians")
     parser.add_argument("--work", type=Path, default=Path("/tmp/smollm-bench"), help="blobs, mirror and runs live here")
-    parser.add_argument("--only", default="a,b", help="comma-separated approaches to run, from a,b")
+    parser.add_argument("--only", default="a,b,b-boto3", help="comma-separated approaches to run, from a,b,b-boto3")
     args = parser.parse_args()
     only = {x.strip() for x in args.only.split(",") if x.strip()}
-    if not only <= {"a", "b"} or args.runs < 1 or args.blobs < 1 or args.delay_ms < 0:
-        parser.error("--only takes a and/or b; --runs and --blobs must be positive, --delay-ms not negative")
+    if not only <= set(PROCESSES_HERE) or args.runs < 1 or args.blobs < 1 or args.delay_ms < 0:
+        parser.error("--only takes a, b and/or b-boto3; --runs and --blobs must be positive, --delay-ms not negative")
     common.install_cleanup()
     sys.path.insert(0, str(common.REPO / "tests"))  # for mirror.build_mirror
 
@@ -592,7 +593,8 @@ def main() -> None:
           f"server delay {args.delay_ms:g} ms per request")
     print(f"- medians of {args.runs} run(s); each run a fresh process tree with empty cache and temp dirs\n")
 
-    labels = {"a": f"(a) recipe: datasets map num_proc={RECIPE_NUM_PROC}, boto3", "b": "(b) smollm-corpus fetch"}
+    labels = {"a": f"(a) recipe: datasets map num_proc={RECIPE_NUM_PROC}, boto3", "b": "(b) smollm-corpus fetch",
+              "b-boto3": "(b) smollm-corpus fetch --s3-client boto3"}
     results = {k: Result(k, label) for k, label in labels.items() if k in only}
     server = Server(work, blobs_path, args.delay_ms)
     try:

@@ -580,3 +580,13 @@ def test_kill_9_while_workers_start_leaves_no_worker_behind(edu_mirror, bucket, 
             for pid in workers:  # orphans this run left, if any
                 if _is_worker(pid):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_urllib3_and_boto3_clients_give_byte_identical_output(edu_mirror, dataset, s3, bucket, tmp_path):
+    stored = sources(i for i in range(ROWS) if i % 17 != 3)
+    put_blobs(s3, bucket, stored)
+    for client in ("urllib3", "boto3"):
+        result = fetch_cli(edu_mirror, tmp_path / client, bucket, s3, "--s3-client", client, "-q")
+        assert result.returncode == 0, result.stderr
+    assert output(tmp_path / "urllib3") == output(tmp_path / "boto3") == expected(dataset, stored)
+    assert output(tmp_path / "urllib3", "missing_blobs.txt") == output(tmp_path / "boto3", "missing_blobs.txt") != b""

@@ -72,6 +72,8 @@ def list_subsets() -> None:
 @click.option("--s3-endpoint-url", envvar="AWS_ENDPOINT_URL", help="python-edu: S3 endpoint (env AWS_ENDPOINT_URL).")
 @click.option("--region", default="us-east-1", show_default=True, help="python-edu: S3 region.")
 @click.option("--no-sign-request", is_flag=True, help="python-edu: send unsigned S3 requests.")
+@click.option("--s3-client", type=click.Choice(["urllib3", "boto3"]), default="urllib3", show_default=True,
+              help="python-edu: urllib3 sends the requests boto3 prepares at a third of the CPU; boto3 sends them itself.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="python-edu: S3 requests in flight, over all processes  [default: 32 per worker process]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, summary or notices.")

@@ -1,11 +1,13 @@
 """Hydration: fetch python-edu file contents from Software Heritage's S3 bucket.
 
 Each blob lives at ``content/<blob_id>`` in the bucket, gzip-compressed. A :class:`Hydrator`
-fetches a chunk of blobs concurrently with one boto3 client shared by a thread pool, and
-returns them in the chunk's order.
+fetches a chunk of blobs concurrently with one client shared by a thread pool, and returns
+them in the chunk's order.
 
-boto3 spends about a millisecond of CPU per request, which is what bounds a process, so the
-client is built once per Hydrator with the per-request work it does not need turned off.
+boto3 spends about a millisecond of CPU per request, which is what bounds a process. The
+boto3 client is built once per Hydrator with the per-request work it does not need turned off,
+and by default only decides what to send: :mod:`.s3http` then sends that same request for
+each blob at a fraction of the CPU (``client="boto3"`` sends every request through boto3).
 A client must not cross a fork and cannot be pickled: construct the Hydrator inside the
 process that uses it (the pipeline's spawned workers each build their own).
 """
@@ -40,6 +42,7 @@ from botocore.exceptions import (
 )
 
 from .errors import SmollmCorpusError
+from .s3http import lean_get
 
 #: Software Heritage ids are lowercase SHA1 hex. S3 keys are case-sensitive and the dataset only
 #: holds lowercase ids, so anything else is reported as invalid rather than guessed at.
@@ -94,6 +97,7 @@ class S3Options:
     endpoint_url: str | None = None  # None: boto3's default, which honours AWS_ENDPOINT_URL
     region: str = "us-east-1"
     unsigned: bool = False  # botocore UNSIGNED signature, like ``aws s3 --no-sign-request``
+    client: str = "urllib3"  # "urllib3": boto3's request, sent by s3http.LeanGet; "boto3": boto3's get_object
     max_attempts: int = 8  # per request, exponential backoff with full jitter between attempts
 
 
@@ -149,6 +153,13 @@ def _decode(body: bytes) -> str:
     return gzip.decompress(body).decode("utf-8", errors="ignore")
 
 
+def _no_credentials(error: Exception) -> S3AccessDenied:
+    return S3AccessDenied(
+        f"no usable AWS credentials ({error}). The bucket is public: pass --no-sign-request "
+        "to send unsigned requests, or configure credentials (AWS_PROFILE, ~/.aws/credentials)."
+    )
+
+
 class _Cancelled(Exception):
     """Another blob of the same fetch failed: stop without a result."""
 
@@ -164,10 +175,20 @@ class Hydrator:
         """
         if threads < 1 or options.max_attempts < 1:
             raise ValueError(f"threads and max_attempts must be 1 or more, got {threads} and {options.max_attempts}")
+        if options.client not in ("urllib3", "boto3"):
+            raise ValueError(f"unknown S3 client {options.client!r}; choose urllib3 or boto3")
         self._options = options
         self._threads = threads
-        self._client = _make_client(options, threads)
-        self._endpoint = self._client.meta.endpoint_url
+        session = botocore.session.get_session()
+        self._client = _make_client(session, options, threads)
+        self._lean = None
+        if options.client == "urllib3":
+            try:
+                credentials = None if options.unsigned else session.get_credentials()
+                self._lean = lean_get(self._client, credentials, options.bucket, threads, CONNECT_TIMEOUT, READ_TIMEOUT)
+            except _CREDENTIAL_ERRORS as error:  # boto3 would meet them at the first request
+                raise _no_credentials(error) from error
+        self._endpoint = self._lean.endpoint if self._lean is not None else self._client.meta.endpoint_url
         self._get_object = self._client.get_object
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hydrate")
 
@@ -218,22 +239,24 @@ class Hydrator:
         """Stop the threads and release the connections."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
+        if self._lean is not None:
+            self._lean.close()
 
     def _fetch_one(self, blob_id: str, stop: threading.Event) -> Blob:
         key = "content/" + blob_id
         failures = corrupt = 0
         while True:
             try:
-                body = self._get_object(Bucket=self._options.bucket, Key=key)["Body"].read()
+                if self._lean is not None:
+                    body = self._lean.get(key)
+                else:
+                    body = self._get_object(Bucket=self._options.bucket, Key=key)["Body"].read()
             except ClientError as error:
                 if self._is_missing(error, blob_id):
                     return _MISSING
                 last_error: Exception = error
             except _CREDENTIAL_ERRORS as error:
-                raise S3AccessDenied(
-                    f"no usable AWS credentials ({error}). The bucket is public: pass --no-sign-request "
-                    "to send unsigned requests, or configure credentials (AWS_PROFILE, ~/.aws/credentials)."
-                ) from error
+                raise _no_credentials(error) from error
             except BotoCoreError as error:  # connection refused, reset or timed out; body cut short
                 last_error = error
             else:
@@ -309,8 +332,7 @@ class _Parsers(ResponseParserFactory):
         return super().create_parser(protocol_name)
 
 
-def _make_client(options: S3Options, threads: int) -> botocore.client.BaseClient:
-    session = botocore.session.get_session()
+def _make_client(session: botocore.session.Session, options: S3Options, threads: int) -> botocore.client.BaseClient:
     parsers = _Parsers()
     # LastModified is never used: skip the dateutil parse botocore does on every response
     parsers.set_parser_defaults(timestamp_parser=str)

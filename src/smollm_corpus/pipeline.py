@@ -95,6 +95,7 @@ def fetch(
     s3_endpoint_url: str | None = None,
     region: str = "us-east-1",
     no_sign_request: bool = False,
+    s3_client: str = "urllib3",
     workers: int | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> FetchResult:
@@ -113,8 +114,9 @@ def fetch(
         separator: between documents (default: the preset's, ``\\n\\n`` for custom templates); txt only.
         format: ``txt`` or ``jsonl`` (one object per document with every column, ``text`` rendered).
         overwrite: discard a previous output of this subset, complete or not.
-        bucket, s3_endpoint_url, region, no_sign_request, workers: where and how python-edu
-            contents are fetched; ``workers`` bounds the requests in flight over all processes
+        bucket, s3_endpoint_url, region, no_sign_request, s3_client, workers: where and how python-edu
+            contents are fetched; ``s3_client`` is ``urllib3`` (boto3's requests, sent by a lighter
+            client) or ``boto3``; ``workers`` bounds the requests in flight over all processes
             (default: 32 per process).
         progress: called often with the run's :class:`Progress`.
 
@@ -129,7 +131,7 @@ def fetch(
     """
     started = time.monotonic()
     spec = get_subset(subset)
-    num_proc = _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url)
+    num_proc = _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url, s3_client)
     jsonl = format == "jsonl"
     preset = spec.presets.get(template or "text")
     template_text = preset.template if preset else templates.unescape(template or "")
@@ -180,7 +182,7 @@ def fetch(
             columns = tuple(dict.fromkeys(["blob_id", *(c for c in parsed.columns if c != "text")]))
         else:
             columns = tuple(parsed.columns)
-        s3 = _s3_options(bucket, s3_endpoint_url, region, no_sign_request) if spec.hydrated else None
+        s3 = _s3_options(bucket, s3_endpoint_url, region, no_sign_request, s3_client) if spec.hydrated else None
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -198,7 +200,7 @@ def fetch(
     return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started)
 
 
-def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url) -> int:
+def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url, s3_client) -> int:
     if format not in ("txt", "jsonl"):
         raise UsageError(f"unknown format {format!r}; choose txt or jsonl")
     if format == "jsonl" and separator is not None:
@@ -209,6 +211,8 @@ def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_en
         raise UsageError("--max-bytes must be more than 0")
     if s3_endpoint_url is not None and not s3_endpoint_url.startswith(("http://", "https://")):
         raise UsageError(f"--s3-endpoint-url {s3_endpoint_url!r} must start with http:// or https://")
+    if s3_client not in ("urllib3", "boto3"):
+        raise UsageError(f"unknown S3 client {s3_client!r}; choose urllib3 or boto3")
     if workers is not None and workers < 1:
         raise UsageError("--workers must be 1 or more")
     if num_proc is not None and num_proc < 1:
@@ -216,7 +220,7 @@ def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_en
     return num_proc or os.cpu_count() or 1
 
 
-def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_request: bool):
+def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_request: bool, client: str):
     from .hydrate import S3Options, credentials_available
 
     log.warning(TERMS)
@@ -224,7 +228,7 @@ def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_requ
     if not credentials_available(probe=not unsigned) and not unsigned:
         log.warning("no AWS credentials found: sending unsigned requests (as with --no-sign-request)")
         unsigned = True
-    return S3Options(bucket=bucket, endpoint_url=endpoint_url, region=region, unsigned=unsigned)
+    return S3Options(bucket=bucket, endpoint_url=endpoint_url, region=region, unsigned=unsigned, client=client)
 
 
 @contextlib.contextmanager

@@ -129,10 +129,14 @@ class WorkerPool:
             self.executor.shutdown(wait=True, cancel_futures=True)
             return
         # ProcessPoolExecutor has no public way to stop running workers before Python 3.14.
-        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        for process in processes:
             with contextlib.suppress(Exception):
                 process.terminate()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:  # reaped here, not left to an exit that may not wait for them
+            with contextlib.suppress(Exception):
+                process.join(timeout=5)
 
     def __enter__(self) -> "WorkerPool":
         return self
