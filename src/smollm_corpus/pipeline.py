@@ -1,10 +1,10 @@
 """fetch(): one subset from the source to ``input.txt``, in dataset order, resumable at any moment.
 
 Stages: the source's files are brought to disk a few ahead and cut into chunks (whole row
-groups, about 32 MB, for the text subsets; 4,096 rows for python-edu); worker processes turn
-each chunk into a part (read rows, fetch contents, render, write); this process appends
-finished parts to the output strictly in chunk order and checkpoints twice a second (fsync,
-then the manifest). Output bytes therefore never depend on ``num_proc`` or on where a
+groups, 8 to 32 MB, for the text subsets; 4,096 rows for python-edu); workers (threads where
+the work is all Arrow's, else processes) turn each chunk into a part (read rows, fetch contents,
+render); this process appends finished parts to the output strictly in chunk order and
+checkpoints twice a second (fsync, then the manifest). Output bytes therefore never depend on ``num_proc`` or on where a
 previous run stopped.
 """
 
@@ -38,7 +38,7 @@ from .worker import Chunk, Job, WorkerPool, arrow_only
 log = logging.getLogger("smollm_corpus")
 
 #: S3 requests in flight per worker process by default: at 30 ms per request (S3 in-region) that is
-#: about 1,000 requests/s, a little more than the ~1.3 ms of CPU boto3 spends per request lets one core do
+#: about 1,000 requests/s, as much as one core could do with boto3 sending them (about 1 ms of CPU each)
 WORKERS_PER_PROCESS = 32
 #: source files downloaded ahead of the one being read, at most
 DOWNLOADS_AHEAD = 4
