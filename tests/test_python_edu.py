@@ -365,15 +365,19 @@ def test_invalid_blob_ids_are_skipped_and_never_requested(s3, proxy, bucket, tmp
         assert proxy.requests(key(blob_id_for(i))) == 0
 
 
-def test_workers_1_and_64_give_byte_identical_output(edu_mirror, dataset, s3, bucket, tmp_path):
+@pytest.mark.parametrize(("option", "values"), [("--workers", ("1", "64")), ("--s3-client", ("urllib3", "boto3"))])
+def test_runs_differing_only_in_how_blobs_are_fetched_give_byte_identical_output(
+    edu_mirror, dataset, s3, bucket, tmp_path, option, values
+):
     stored = sources(i for i in range(ROWS) if i % 31 != 9)
     put_blobs(s3, bucket, stored)
-    for workers in ("1", "64"):
-        result = fetch_cli(edu_mirror, tmp_path / workers, bucket, s3, "--workers", workers, "-q")
+    first, second = (tmp_path / v for v in values)
+    for value, out in zip(values, (first, second)):
+        result = fetch_cli(edu_mirror, out, bucket, s3, option, value, "-q")
         assert result.returncode == 0, result.stderr
-    assert output(tmp_path / "1") == output(tmp_path / "64") == expected(dataset, stored)
-    assert output(tmp_path / "1", "missing_blobs.txt") == output(tmp_path / "64", "missing_blobs.txt") != b""
-    assert manifest(tmp_path / "1")["sha256"] == manifest(tmp_path / "64")["sha256"]
+    assert output(first) == output(second) == expected(dataset, stored)
+    assert output(first, "missing_blobs.txt") == output(second, "missing_blobs.txt") != b""
+    assert manifest(first)["sha256"] == manifest(second)["sha256"]
 
 
 def test_workers_bounds_the_requests_in_flight_over_all_processes(s3, proxy, bucket, tmp_path):
@@ -581,12 +585,3 @@ def test_kill_9_while_workers_start_leaves_no_worker_behind(edu_mirror, bucket, 
                 if _is_worker(pid):
                     os.kill(pid, signal.SIGKILL)
 
-
-def test_urllib3_and_boto3_clients_give_byte_identical_output(edu_mirror, dataset, s3, bucket, tmp_path):
-    stored = sources(i for i in range(ROWS) if i % 17 != 3)
-    put_blobs(s3, bucket, stored)
-    for client in ("urllib3", "boto3"):
-        result = fetch_cli(edu_mirror, tmp_path / client, bucket, s3, "--s3-client", client, "-q")
-        assert result.returncode == 0, result.stderr
-    assert output(tmp_path / "urllib3") == output(tmp_path / "boto3") == expected(dataset, stored)
-    assert output(tmp_path / "urllib3", "missing_blobs.txt") == output(tmp_path / "boto3", "missing_blobs.txt") != b""

@@ -1,8 +1,8 @@
 """The work of one chunk, run by a worker: read rows, fetch contents, render, write a part.
 
 Workers are threads of the main process where a chunk's work is all Arrow's (a template that
-is one string column as is, written as txt, with no --max-bytes): Arrow decodes and joins without holding the GIL,
-and threads cost neither start-up nor a copy of pyarrow per process. Every other job (Python
+is one string column as is, written as txt, with no --max-bytes): Arrow decodes and joins
+without holding the GIL, and threads cost neither start-up nor a copy of pyarrow per process. Every other job (Python
 rendering, jsonl, python-edu's S3 requests) holds the GIL, so it runs in spawned processes.
 """
 
