@@ -1,5 +1,6 @@
 """Interrupt a fetch in every way a user can, rerun the same command, get the same bytes."""
 
+import hashlib
 import json
 import resource
 import signal
@@ -123,3 +124,55 @@ def test_signal_during_an_append_never_records_counters_without_their_position(b
     result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "-q")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / SUBSET / "input.txt").read_bytes() == reference
+
+
+def test_resume_after_repeated_kills_takes_the_hash_up_without_reading_back(big_mirror, tmp_path, reference):
+    # Killed at about 20%, 50% and 85% of the rows; each rerun must start from the checkpointed hash state.
+    for rows in (36_000, 90_000, 153_000):
+        proc = start(big_mirror, tmp_path, "-q")
+        wait_for_rows(tmp_path, rows, proc)
+        proc.kill()
+        proc.wait(timeout=30)
+        manifest = json.loads((tmp_path / SUBSET / "manifest.json").read_text())
+        assert manifest["hash_state"] and not manifest["complete"]
+    result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "--num-proc", "2", "-v")
+    assert result.returncode == 0, result.stderr
+    assert "resuming fineweb-edu-dedup after" in result.stderr
+    assert "hashing the" not in result.stderr  # nothing already written was read back
+    output = (tmp_path / SUBSET / "input.txt").read_bytes()
+    assert output == reference
+    manifest = json.loads((tmp_path / SUBSET / "manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(output).hexdigest() and manifest["hash_state"] is None
+
+
+def _stopped_run(mirror: Path, out: Path) -> tuple[Path, dict]:
+    proc = start(mirror, out, "-q")
+    wait_for_rows(out, 30_000, proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    manifest = json.loads((out / SUBSET / "manifest.json").read_text())
+    return out / SUBSET / "input.txt.incomplete", manifest
+
+
+def test_output_shorter_than_its_checkpoint_stops_with_advice_and_is_kept(big_mirror, tmp_path):
+    partial, manifest = _stopped_run(big_mirror, tmp_path)
+    with open(partial, "r+b") as f:
+        f.truncate(manifest["bytes"] - 1000)
+    before = partial.read_bytes()
+    result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "-q")
+    assert result.returncode == 1
+    assert f"holds {manifest['bytes'] - 1000:,} bytes but its last checkpoint recorded {manifest['bytes']:,}" in result.stderr
+    assert "rerun with --overwrite to start again" in result.stderr and "Traceback" not in result.stderr
+    assert partial.read_bytes() == before
+    assert json.loads((tmp_path / SUBSET / "manifest.json").read_text()) == manifest
+
+
+def test_output_changed_before_its_checkpoint_is_not_trusted(big_mirror, tmp_path):
+    partial, manifest = _stopped_run(big_mirror, tmp_path)
+    end = manifest["bytes"]
+    with open(partial, "r+b") as f:  # zeros where a file system lost the last pages
+        f.seek(end - 10)
+        f.write(b"\0" * 10)
+    result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "-q")
+    assert result.returncode == 1
+    assert "differ from those its last checkpoint recorded" in result.stderr and "--overwrite" in result.stderr

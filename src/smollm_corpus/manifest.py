@@ -30,6 +30,10 @@ class Manifest:
     missing_blobs: list[str] = field(default_factory=list)
     corrupt_blobs: list[str] = field(default_factory=list)
     sha256: str | None = None
+    #: SHA-256 state of the output's first ``stats.bytes`` bytes (see digest.py), so a resume need not read them back
+    hash_state: str | None = None
+    #: SHA-256 of the output's last 64 KB at the checkpoint, to tell a file changed since
+    tail_sha256: str | None = None
     started: str = field(default_factory=lambda: _now())
     finished: str | None = None
     complete: bool = False
@@ -53,6 +57,8 @@ class Manifest:
             corrupt_blobs=list(self.corrupt_blobs),
             tool_version=__version__,
             missing_blob_ids=list(self.missing_blobs),
+            hash_state=self.hash_state,
+            tail_sha256=self.tail_sha256,
         )
         return data
 
@@ -66,6 +72,8 @@ class Manifest:
             missing_blobs=data.get("missing_blob_ids", []),
             corrupt_blobs=data.get("corrupt_blobs", []),
             sha256=data.get("sha256"),
+            hash_state=data.get("hash_state"),
+            tail_sha256=data.get("tail_sha256"),
             started=data["started"],
             finished=data.get("finished"),
             complete=data["complete"],
