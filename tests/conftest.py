@@ -57,7 +57,23 @@ def big_mirror(tmp_path_factory) -> Path:
                         row_group_size=500, rows=_heavy_rows)
 
 
+#: what must never follow the tool's own words on stderr (without -v)
+NOISE = ("resource_tracker", "Warning", "warnings.warn", "Traceback", "\r")
+
+
+def assert_clean(stderr: str) -> None:
+    """Only the tool's own lines: no interpreter warnings, no traceback, no progress redrawn in place."""
+    for noise in NOISE:
+        assert noise not in stderr, f"{noise!r} in stderr:\n{stderr}"
+
+
 def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
-    """Run the installed ``smollm-corpus`` in a subprocess, as a user would; ``env`` adds variables."""
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, **kwargs)
+    """Run the installed ``smollm-corpus`` in a subprocess, as a user would; ``env`` adds variables.
+
+    Every run's stderr (not a terminal here) is checked with :func:`assert_clean`, unless it asked for -v.
+    """
+    result = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})}, **kwargs)
+    if "-v" not in args and "--verbose" not in args:
+        assert_clean(result.stderr)
+    return result

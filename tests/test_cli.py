@@ -1,11 +1,15 @@
 """Command-line parsing, help and error messages, through click's runner and the installed script."""
 
+import contextlib
+import os
+import subprocess
+
 import pytest
 from click.testing import CliRunner
 
 from smollm_corpus.cli import main
 
-from conftest import run_cli
+from conftest import CLI, run_cli
 
 
 def invoke(*args: str):
@@ -77,10 +81,42 @@ def test_errors_are_one_paragraph_without_traceback_unless_verbose(tmp_path):
 def test_progress_and_summary_go_to_stderr_and_quiet_silences_them(mirror, tmp_path):
     loud = run_cli("fetch", "cosmopedia-v2", "--source", str(mirror), "-o", str(tmp_path / "a"))
     assert loud.returncode == 0 and loud.stdout == ""
-    assert "cosmopedia-v2: 100%" in loud.stderr and "docs/s" in loud.stderr
+    assert "cosmopedia-v2: starting at 0/830 rows (0.0%)" in loud.stderr
     assert "cosmopedia-v2: wrote 825 documents" in loud.stderr and "skipped: 5 empty" in loud.stderr
     quiet = run_cli("fetch", "cosmopedia-v2", "--source", str(mirror), "-o", str(tmp_path / "b"), "-q")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_progress_for_logs_is_plain_lines_at_an_interval(mirror, tmp_path, monkeypatch):
+    from smollm_corpus import cli
+
+    monkeypatch.setattr(cli, "LOG_EVERY_SECONDS", 0.0)
+    result = invoke("fetch", "cosmopedia-v2", "--source", str(mirror), "-o", str(tmp_path))
+    assert result.exit_code == 0 and "\r" not in result.output
+    lines = result.output.splitlines()
+    progress = [line for line in lines[1:-1] if " rows (" in line]
+    assert progress and all(line.startswith("cosmopedia-v2: ") and "rows/s, ETA " in line for line in progress)
+    assert "830/830 rows (100.0%), 825 documents" in progress[-1]
+
+
+def test_progress_on_a_terminal_is_a_bar(mirror, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
+    proc = subprocess.run([CLI, "fetch", "cosmopedia-v2", "--source", str(mirror), "-o", str(tmp_path)],
+                          stderr=follower, stdout=subprocess.DEVNULL, timeout=120)
+    os.close(follower)
+    shown = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(leader, 65536):
+            shown += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"\r" in shown and b"cosmopedia-v2: 100%" in shown
 
 
 def test_python_m_runs_the_cli():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
 import signal
 import sys
+import time
 
 import click
 
@@ -96,9 +98,13 @@ def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, fo
     _log_to_stderr(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     for name in subsets or SUBSETS:
-        bar = None if quiet else _Bar()
+        reporter = None if quiet else _Bar() if sys.stderr.isatty() else _LogLines()
         try:
-            result = fetch(name, out_dir, source_repo=source_repo, format=format_, progress=bar, **options)
+            try:
+                result = fetch(name, out_dir, source_repo=source_repo, format=format_, progress=reporter, **options)
+            finally:
+                if reporter is not None:
+                    reporter.close()  # before any message, which must not land on the bar's line
         except KeyboardInterrupt:  # before the fetch had anything to keep
             click.echo(f"error: interrupted; run the same command again to resume {name}", err=True)
             sys.exit(130)
@@ -113,9 +119,6 @@ def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, fo
             click.echo(f"error: {name} failed unexpectedly ({type(e).__name__}: {e}); what was written is kept, "
                        "so rerunning the same command resumes; add -v for the details, and please report it", err=True)
             sys.exit(1)
-        finally:
-            if bar is not None:
-                bar.close()
         if not quiet:
             click.echo(_summary(result), err=True)
 
@@ -133,6 +136,10 @@ def run() -> None:
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         if not isinstance(e.code, (int, type(None))):
             print(e.code, file=sys.stderr)
+    if code:
+        # A failure's traceback holds the worker pool in reference cycles: free it, so that multiprocessing
+        # releases the pool's semaphores rather than report them as leaked after our message.
+        gc.collect()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -153,7 +160,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 class _Bar:
-    """One tqdm bar per subset on stderr: rows, bytes written, skipped, rate and ETA."""
+    """One tqdm bar per subset on a terminal: rows, bytes written, skipped, rate and ETA."""
 
     def __init__(self) -> None:
         self.bar = None
@@ -175,6 +182,51 @@ class _Bar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+#: seconds between progress lines where stderr is a log file rather than a terminal
+LOG_EVERY_SECONDS = 30.0
+
+
+class _LogLines:
+    """Progress for logs (nohup, Slurm, CI, ``2> file``): a plain line when the fetch starts, then every
+    LOG_EVERY_SECONDS; never a carriage return."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.first_rows = 0
+        self.last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            self.started, self.first_rows, self.last = now, p.rows, now
+            click.echo(f"{p.subset}: {'resuming' if p.rows else 'starting'} at {_rows(p.rows, p.total_rows)}", err=True)
+            return
+        if now - self.last < LOG_EVERY_SECONDS:
+            return
+        self.last = now
+        rate = (p.rows - self.first_rows) / max(now - self.started, 1e-9)
+        left = None if p.total_rows is None or not rate else (p.total_rows - p.rows) / rate
+        skipped = "; skipped: " + ", ".join(f"{n:,} {r}" for r, n in sorted(p.skipped.items())) if p.skipped else ""
+        click.echo(f"{p.subset}: {_rows(p.rows, p.total_rows)}, {p.documents:,} documents, {_human(p.bytes)} written, "
+                   f"{rate:,.0f} rows/s, ETA {_duration(left)}{skipped}", err=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _rows(rows: int, total: int | None) -> str:
+    if total is None:
+        return f"{rows:,} rows"
+    return f"{rows:,}/{total:,} rows ({100 * rows / max(total, 1):.1f}%)"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _summary(r: FetchResult) -> str:

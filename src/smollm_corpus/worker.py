@@ -124,6 +124,8 @@ class WorkerPool:
 
     def stop(self) -> None:
         """Stop every worker now, busy or not (a thread gives up its chunk at its next batch)."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         if self.threads:
             self.executor.shutdown(wait=True, cancel_futures=True)
@@ -133,10 +135,16 @@ class WorkerPool:
         for process in processes:
             with contextlib.suppress(Exception):
                 process.terminate()
-        self.executor.shutdown(wait=False, cancel_futures=True)
         for process in processes:  # reaped here, not left to an exit that may not wait for them
             with contextlib.suppress(Exception):
                 process.join(timeout=5)
+        # With its workers gone the executor winds down at once; waiting for it releases its queues'
+        # semaphores, which would otherwise be reported as leaked by multiprocessing at exit.
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.queue.close()
+        self.queue.join_thread()
+        # Their finalizers run when they are freed: not later, when a traceback that holds this pool is.
+        del self.executor, self.queue
 
     def __enter__(self) -> "WorkerPool":
         return self
