@@ -585,3 +585,32 @@ def test_kill_9_while_workers_start_leaves_no_worker_behind(edu_mirror, bucket, 
                 if _is_worker(pid):
                     os.kill(pid, signal.SIGKILL)
 
+
+
+def test_rows_a_filter_drops_are_never_requested(edu_mirror, dataset, s3, proxy, bucket, tmp_path):
+    put_blobs(s3, bucket, sources(range(ROWS)))
+    result = fetch_cli(edu_mirror, tmp_path, bucket, proxy.endpoint, "--where", "int_score >= 5", *PROXIED, "-q")
+    assert result.returncode == 0, result.stderr
+    kept = [row for row in dataset if row["int_score"] >= 5]
+    assert output(tmp_path) == expected(kept, sources(range(ROWS)))
+    assert proxy.total == len(kept) < ROWS
+    assert all(proxy.requests(key(row["blob_id"])) == (row["int_score"] >= 5) for row in dataset)
+    assert manifest(tmp_path)["skipped"] == {"filtered": ROWS - len(kept)}
+
+
+def test_token_shards_of_python_edu_decode_to_the_fetched_files(edu_mirror, dataset, s3, bucket, tmp_path):
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    import toytokenizer
+
+    put_blobs(s3, bucket, sources(range(ROWS)))
+    tok_json = toytokenizer.save(toytokenizer.train([python_source_for(i) for i in range(50)], 300), tmp_path / "tok")
+    result = fetch_cli(edu_mirror, tmp_path, bucket, s3, "--format", "bin", "--tokenizer", str(tok_json), "-q")
+    assert result.returncode == 0, result.stderr
+    shards = sorted((tmp_path / SUBSET).glob("*.bin"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    tokens = np.concatenate([np.fromfile(p, dtype=np.uint16, offset=1024) for p in shards]).tolist()
+    starts = [i for i, t in enumerate(tokens) if t == 0] + [len(tokens)]
+    decode = Tokenizer.from_file(str(tok_json)).decode
+    documents = [decode(tokens[a + 1 : b], skip_special_tokens=False) for a, b in zip(starts, starts[1:])]
+    assert "\n\n".join(documents).encode() == expected(dataset, sources(range(ROWS)))

@@ -20,18 +20,19 @@ def parsed(subset: str, template: str | None = None) -> templates.Template:
     return templates.parse(preset.template, strip=preset.strip) if preset else templates.parse(template)
 
 
-@pytest.mark.parametrize(("subset", "template", "jsonl", "max_bytes", "expected"), [
-    ("fineweb-edu-dedup", None, False, None, True),  # the default: the text column as is
-    ("cosmopedia-v2", None, False, None, True),
-    ("fineweb-edu-dedup", "{metadata.url}", False, None, True),
-    ("fineweb-edu-dedup", "nanogpt", False, None, False),  # strips each value in Python
-    ("fineweb-edu-dedup", "#T:\n{text}", False, None, False),
-    ("fineweb-edu-dedup", None, True, None, False),
-    ("fineweb-edu-dedup", None, False, 1000, False),
-    ("python-edu", None, False, None, False),  # S3 requests
+@pytest.mark.parametrize(("subset", "template", "format", "max_bytes", "expected"), [
+    ("fineweb-edu-dedup", None, "txt", None, True),  # the default: the text column as is
+    ("cosmopedia-v2", None, "txt", None, True),
+    ("fineweb-edu-dedup", "{metadata.url}", "txt", None, True),
+    ("fineweb-edu-dedup", "nanogpt", "txt", None, False),  # strips each value in Python
+    ("fineweb-edu-dedup", "#T:\n{text}", "txt", None, False),
+    ("fineweb-edu-dedup", None, "jsonl", None, False),
+    ("fineweb-edu-dedup", None, "bin", None, False),  # tokenizing
+    ("fineweb-edu-dedup", None, "txt", 1000, False),
+    ("python-edu", None, "txt", None, False),  # S3 requests
 ])
-def test_only_arrow_only_jobs_run_in_threads(subset, template, jsonl, max_bytes, expected):
-    assert arrow_only(parsed(subset, template), jsonl, max_bytes, get_subset(subset).hydrated) is expected
+def test_only_arrow_only_jobs_run_in_threads(subset, template, format, max_bytes, expected):
+    assert arrow_only(parsed(subset, template), format, max_bytes, get_subset(subset).hydrated) is expected
 
 
 def chunks_of(mirror: Path, subset: str) -> list[Chunk]:

@@ -14,25 +14,33 @@ import click
 
 from . import __version__
 from .errors import SmollmCorpusError
+from .formats import FORMATS
 from .pipeline import FetchResult, Progress, fetch
 from .subsets import DEFAULT_SOURCE, SUBSETS
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+class Quantity(click.ParamType):
+    """A number with an optional unit letter: ``Size`` (500M, 2G: powers of 1024) or ``Count`` (100M, 2.5B)."""
 
-
-class Size(click.ParamType):
-    """A byte size such as 500M or 2G (powers of 1024)."""
-
-    name = "size"
+    def __init__(self, name: str, units: dict[str, int], example: str, suffix: str = "") -> None:
+        self.name, self.units, self.example = name, units, example
+        self.pattern = re.compile(rf"^\s*(\d+(?:\.\d+)?)\s*([{''.join(u for u in units if u)}]?){suffix}\s*$",
+                                  re.IGNORECASE)
 
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        match = _SIZE.match(value)
+        match = self.pattern.match(value)
         if not match:
-            self.fail(f"{value!r} is not a size; write it like 500M, 2G or 1048576", param, ctx)
-        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+            self.fail(f"{value!r} is not a {self.name}; write it like {self.example}", param, ctx)
+        return int(float(match.group(1)) * self.units[match.group(2).lower()])
+
+
+def Size() -> Quantity:  # noqa: N802 - used like a click type
+    return Quantity("size", {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}, "500M, 2G or 1048576", "i?b?")
+
+
+def Count() -> Quantity:  # noqa: N802 - used like a click type
+    return Quantity("count", {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}, "100000, 100M or 2.5B")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,8 +75,27 @@ def list_subsets() -> None:
 @click.option("--max-bytes", type=Size(), help="Stop at the last whole document before the output passes SIZE (500M, 2G).")
 @click.option("--template", help="A preset (text, nanogpt) or a string with {column} placeholders; \\n, \\t, \\\\ are interpreted.")
 @click.option("--separator", help="Between documents  [default: \\n\\n, \\n for nanogpt]")
-@click.option("--format", "format_", type=click.Choice(["txt", "jsonl"]), default="txt", show_default=True,
-              help="txt: input.txt; jsonl: input.jsonl, one object per document with every column.")
+@click.option("--format", "format_", type=click.Choice(list(FORMATS)), default="txt", show_default=True,
+              help="txt: input.txt; jsonl: input.jsonl, one object per document with every column; "
+                   "bin: llm.c / modded-nanogpt token shards; nanogpt: train.bin, val.bin and meta.pkl for nanoGPT.")
+@click.option("--tokenizer", help="Token formats: a Hub model id, gpt2, or a tokenizer.json (or its folder)  "
+                                  "[default: HuggingFaceTB/SmolLM2-135M]")
+@click.option("--eot", help="Token formats: the end-of-text token  [default: <|endoftext|>]")
+@click.option("--val-tokens", type=Count(), help="Token formats: validation is the first whole documents holding N "
+              "tokens, never in training; 0 for none  [default: 100M, but at most the documents of the first 1% of the rows read]")
+@click.option("--shard-tokens", type=Count(), help="bin: tokens per shard  [default: 100M]")
+@click.option("--max-tokens", type=Count(), help="Token formats: stop at the last whole document before N tokens.")
+@click.option("--where", multiple=True, metavar="EXPR",
+              help="Keep only rows where EXPR holds, e.g. \"metadata.int_score >= 4\" or \"format == 'textbook'\": "
+                   "comparisons, and/or/not, in (...), is null, struct fields as a.b; repeat to AND them.")
+@click.option("--decontaminate", is_flag=True,
+              help="Drop documents that copy a benchmark sample (MMLU, HellaSwag, ARC, PIQA, ...): listed in "
+                   "decontamination.jsonl.")
+@click.option("--benchmarks", metavar="REPO_OR_PATH", help="--decontaminate: the benchmark texts, a Hub dataset or a "
+              "parquet/jsonl file or folder  [default: HuggingFaceTB/phi2_eval_data_for_decontamination]")
+@click.option("--decontam-ngram", type=click.IntRange(min=1), help="--decontaminate: words per shared n-gram  [default: 10]")
+@click.option("--decontam-threshold", type=click.FloatRange(0, 1, max_open=True),
+              help="--decontaminate: drop above this share of the sample matched  [default: 0.5]")
 @click.option("--overwrite", is_flag=True, help="Discard a previous output, complete or partial, and start again.")
 @click.option("--bucket", default="softwareheritage", show_default=True, help="python-edu: S3 bucket of the contents.")
 @click.option("--s3-endpoint-url", envvar="AWS_ENDPOINT_URL", help="python-edu: S3 endpoint (env AWS_ENDPOINT_URL).")
@@ -172,7 +199,7 @@ class _Bar:
             unit = " blobs" if SUBSETS[p.subset].hydrated else " docs"
             self.bar = tqdm(total=p.total_rows, initial=p.rows, desc=p.subset, unit=unit, unit_scale=True,
                             dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
-        postfix = {"written": _human(p.bytes)}
+        postfix = {"written": _human(p.bytes) if p.tokens is None else f"{_count(p.tokens)} tokens"}
         if p.skipped:
             postfix.update({reason: f"{n:,}" for reason, n in sorted(p.skipped.items())})
         self.bar.set_postfix(postfix, refresh=False)
@@ -209,7 +236,8 @@ class _LogLines:
         rate = (p.rows - self.first_rows) / max(now - self.started, 1e-9)
         left = None if p.total_rows is None or not rate else (p.total_rows - p.rows) / rate
         skipped = "; skipped: " + ", ".join(f"{n:,} {r}" for r, n in sorted(p.skipped.items())) if p.skipped else ""
-        click.echo(f"{p.subset}: {_rows(p.rows, p.total_rows)}, {p.documents:,} documents, {_human(p.bytes)} written, "
+        written = _human(p.bytes) if p.tokens is None else f"{p.tokens:,} tokens"
+        click.echo(f"{p.subset}: {_rows(p.rows, p.total_rows)}, {p.documents:,} documents, {written} written, "
                    f"{rate:,.0f} rows/s, ETA {_duration(left)}{skipped}", err=True)
 
     def close(self) -> None:
@@ -233,9 +261,21 @@ def _summary(r: FetchResult) -> str:
     if r.already_complete:
         return f"{r.subset}: already complete in {r.output} ({r.stats.documents:,} documents); nothing to do"
     skipped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(r.stats.skipped.items())) or "none"
-    rate = r.stats.bytes / max(r.seconds, 1e-9)
-    return (f"{r.subset}: wrote {r.stats.documents:,} documents, {_human(r.stats.bytes)} to {r.output} "
-            f"in {r.seconds:,.1f} s ({_human(rate)}/s); rows read {r.stats.rows:,}; skipped: {skipped}")
+    if r.tokens is not None:
+        rate = f"{_count(r.tokens / max(r.seconds, 1e-9))} tokens/s"
+        written = f"{r.tokens:,} tokens"
+    else:
+        rate, written = f"{_human(r.stats.bytes / max(r.seconds, 1e-9))}/s", _human(r.stats.bytes)
+    return (f"{r.subset}: wrote {r.stats.documents:,} documents, {written} to {r.output} "
+            f"in {r.seconds:,.1f} s ({rate}); rows read {r.stats.rows:,}; skipped: {skipped}")
+
+
+def _count(n: float) -> str:
+    for unit in ("", "K", "M", "B"):
+        if n < 1000 or unit == "B":
+            return f"{n:,.1f}{unit}" if unit else f"{int(n)}"
+        n /= 1000
+    return ""
 
 
 def _human(n: float) -> str:

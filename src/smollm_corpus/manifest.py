@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,12 @@ from .errors import OutputError
 from .stats import Stats
 
 #: the options that decide the bytes of the output; a rerun with other values is another fetch
-IDENTITY = ("subset", "source", "revision", "template", "strip", "separator", "format", "limit", "max_bytes", "bucket")
+IDENTITY = (
+    "subset", "source", "revision", "template", "strip", "separator", "format", "limit", "max_bytes", "bucket", "where", "decontaminate",
+    # token formats: the tokenizer (and the Hub commit it came from), and how the stream is cut into files
+    "tokenizer", "tokenizer_sha256", "tokenizer_commit", "vocab_size", "eot_id", "dtype", "val_tokens", "shard_tokens",
+    "max_tokens",
+)
 
 
 @dataclass
@@ -29,11 +35,15 @@ class Manifest:
     stats: Stats = field(default_factory=Stats)
     missing_blobs: list[str] = field(default_factory=list)
     corrupt_blobs: list[str] = field(default_factory=list)
+    #: documents dropped by decontamination: source file, row, benchmark task and sample, ratio, shared n-gram
+    contaminated: list[dict] = field(default_factory=list)
     sha256: str | None = None
     #: SHA-256 state of the output's first ``stats.bytes`` bytes (see digest.py), so a resume need not read them back
     hash_state: str | None = None
     #: SHA-256 of the output's last 64 KB at the checkpoint, to tell a file changed since
     tail_sha256: str | None = None
+    #: token formats: where validation ends in the token stream, the finished files, the open file's hash state
+    token_files: dict | None = None
     started: str = field(default_factory=lambda: _now())
     finished: str | None = None
     complete: bool = False
@@ -42,12 +52,14 @@ class Manifest:
         """Names of the identity options whose values differ from ``options``."""
         return [k for k in IDENTITY if self.options.get(k) != options.get(k)]
 
-    def finish(self, sha256: str) -> None:
+    def finish(self, sha256: str | None) -> None:
         self.sha256, self.finished, self.complete = sha256, _now(), True
 
     def to_json(self) -> dict:
         data = {**self.options, "commit": self.commit, "complete": self.complete}
         data.update(self.stats.to_json())
+        if self.options.get("dtype"):
+            data["tokens"] = self.stats.bytes // (2 if self.options["dtype"] == "uint16" else 4)
         data.update(
             sha256=self.sha256,
             started=self.started,
@@ -60,6 +72,11 @@ class Manifest:
             hash_state=self.hash_state,
             tail_sha256=self.tail_sha256,
         )
+        if self.token_files is not None:
+            data["token_files"] = self.token_files
+        if self.options.get("decontaminate"):
+            data["contaminated_by_task"] = dict(sorted(Counter(c["task"] for c in self.contaminated).items()))
+            data["contaminated"] = list(self.contaminated)
         return data
 
     @classmethod
@@ -71,9 +88,11 @@ class Manifest:
             stats=Stats.from_json(data),
             missing_blobs=data.get("missing_blob_ids", []),
             corrupt_blobs=data.get("corrupt_blobs", []),
+            contaminated=data.get("contaminated", []),
             sha256=data.get("sha256"),
             hash_state=data.get("hash_state"),
             tail_sha256=data.get("tail_sha256"),
+            token_files=data.get("token_files"),
             started=data["started"],
             finished=data.get("finished"),
             complete=data["complete"],

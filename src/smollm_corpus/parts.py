@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -77,6 +78,12 @@ class PartWriter:
         self.stats.skipped[reason] += 1
         self.info.skipped_rows.append((row, reason, detail))
 
+    def skip_rows(self, skipped: list[tuple[int, str, str]]) -> None:
+        """Count rows a stage dropped: (row within the chunk, reason, detail) each."""
+        for _, reason, _ in skipped:
+            self.stats.skipped[reason] += 1
+        self.info.skipped_rows.extend(skipped)
+
     def write(self, rows: Sequence[int], documents: list[str]) -> int:
         """Write ``documents``, the renderings of ``rows`` (rows within the chunk); empty ones are skipped.
 
@@ -104,19 +111,43 @@ class PartWriter:
         self._flush(pieces, offset)
         return len(documents)
 
-    def write_column(self, first_row: int, column: pa.Array) -> None:
+    def write_tokens(self, rows: Sequence[int], documents: list[str], tokenizer, eot: str) -> int:
+        """Write the token ids of ``documents`` (see :meth:`write`); the part's bytes are the ids, ``ends`` count bytes.
+
+        ``eot`` says where each document's end-of-text token goes: ``before`` (llm.c) or ``after`` (nanoGPT).
+        """
+        kept = [i for i, doc in enumerate(documents) if doc and not doc.isspace()]
+        for i in sorted(set(range(len(documents))) - set(kept)):
+            self.skip(rows[i], "empty")
+        if not kept:
+            return len(documents)
+        tokens, counts = tokenizer.encode_documents([documents[i] for i in kept], eot)
+        ends = self.stats.bytes + np.cumsum(counts) * tokens.itemsize
+        taken = len(kept)
+        if self.max_bytes is not None and ends[-1] >= self.max_bytes:
+            taken = int(np.searchsorted(ends, self.max_bytes)) + 1  # up to the document that reaches max_bytes
+            tokens = tokens[: int(counts[:taken].sum())]
+        self.info.rows.extend(rows[i] for i in kept[:taken])
+        self.info.ends.extend(ends[:taken].tolist())
+        self.stats.documents += taken
+        self._put(tokens.data.cast("B") if tokens.size else b"")
+        self.stats.bytes = int(ends[taken - 1])
+        return len(documents) if taken == len(kept) else kept[taken - 1] + 1
+
+    def write_column(self, rows: pa.Array, column: pa.Array) -> None:
         """Write a column of strings, one document each, joined in Arrow: no Python object per row.
 
-        Same result as :meth:`write` without ``max_bytes``; the hot path of the default template.
+        ``rows`` are the column's positions in the chunk. Same result as :meth:`write` without
+        ``max_bytes``; the hot path of the default template.
         """
+        if len(column) == 0:
+            return
         empty = _blank(column)
+        kept_rows = rows
         if pc.any(empty).as_py():
-            for i in pc.indices_nonzero(empty).to_pylist():
-                self.skip(first_row + i, "empty")
-            kept_rows = pc.add(pc.indices_nonzero(pc.invert(empty)), first_row)
+            self.skip_rows([(row, "empty", "") for row in rows.filter(empty).to_pylist()])
+            kept_rows = rows.filter(pc.invert(empty))
             column = column.filter(pc.invert(empty))
-        else:
-            kept_rows = pa.array(range(first_row, first_row + len(column)), pa.int64())
         if len(column) == 0:
             return
         sep = self.separator.decode()

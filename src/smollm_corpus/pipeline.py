@@ -14,46 +14,35 @@ import contextlib
 import fcntl
 import logging
 import os
-import queue as queue_module
 import shutil
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from . import parts, plan, signals, source, template as templates
-from .errors import OutputError, SmollmCorpusError, UsageError, writing
+from . import formats, shards, source, template as templates
+from .errors import OutputError, UsageError, writing
 from .manifest import Manifest
-from .output import Output
+from .run import Interrupted, Run
 from .stats import Stats
-from .subsets import DEFAULT_SOURCE, Subset, get_subset
-from .worker import Chunk, Job, WorkerPool, arrow_only
+from .subsets import DEFAULT_SOURCE, get_subset
+from .where import parse as parse_where
+from .worker import BATCH_ROWS, HYDRATE_ROWS, Decontaminate, Hydrate, Job, WorkerPool, arrow_only
+
+__all__ = ["FetchResult", "Interrupted", "Progress", "fetch"]
 
 log = logging.getLogger("smollm_corpus")
 
 #: S3 requests in flight per worker process by default: at 30 ms per request (S3 in-region) that is
 #: about 1,000 requests/s, as much as one core could do with boto3 sending them (about 1 ms of CPU each)
 WORKERS_PER_PROCESS = 32
-#: source files downloaded ahead of the one being read, at most
-DOWNLOADS_AHEAD = 4
-#: seconds between checkpoints (fsync of the output, then the manifest)
-CHECKPOINT_SECONDS = 0.5
 TERMS = (
     "python-edu contents come from Software Heritage. Its terms ask that bulk downloads be agreed "
     "with Software Heritage and INRIA first: write to datasets@softwareheritage.org."
 )
-
-
-class Interrupted(SmollmCorpusError):
-    """The run was stopped by a signal; what was appended is kept."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -66,6 +55,11 @@ class Progress:
     documents: int = 0
     bytes: int = 0
     skipped: Counter | None = None
+    token_bytes: int | None = None  # token formats: bytes per token (``bytes`` counts the ids' bytes)
+
+    @property
+    def tokens(self) -> int | None:
+        return None if self.token_bytes is None else self.bytes // self.token_bytes
 
 
 @dataclass
@@ -76,6 +70,11 @@ class FetchResult:
     stats: Stats
     already_complete: bool
     seconds: float
+    token_bytes: int | None = None  # token formats: bytes per token
+
+    @property
+    def tokens(self) -> int | None:
+        return None if self.token_bytes is None else self.stats.bytes // self.token_bytes
 
 
 def fetch(
@@ -97,6 +96,16 @@ def fetch(
     no_sign_request: bool = False,
     s3_client: str = "urllib3",
     workers: int | None = None,
+    tokenizer: str | None = None,
+    eot: str | None = None,
+    val_tokens: int | None = None,
+    shard_tokens: int | None = None,
+    max_tokens: int | None = None,
+    where: Sequence[str] = (),
+    decontaminate: bool = False,
+    benchmarks: str | None = None,
+    decontam_ngram: int | None = None,
+    decontam_threshold: float | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> FetchResult:
     """Fetch ``subset`` into ``out_dir/<subset>/input.txt`` (or ``input.jsonl``), resuming a previous run.
@@ -112,12 +121,26 @@ def fetch(
         template: a preset name (``text``, ``nanogpt``) or a string with ``{column}`` placeholders;
             ``\\n``, ``\\t`` and ``\\\\`` are interpreted.
         separator: between documents (default: the preset's, ``\\n\\n`` for custom templates); txt only.
-        format: ``txt`` or ``jsonl`` (one object per document with every column, ``text`` rendered).
+        format: ``txt``, ``jsonl`` (one object per document with every column, ``text`` rendered), or
+            token ids: ``bin`` (llm.c shards, each document preceded by end-of-text) or ``nanogpt``
+            (``train.bin``, ``val.bin`` and ``meta.pkl``, each document followed by end-of-text).
         overwrite: discard a previous output of this subset, complete or not.
         bucket, s3_endpoint_url, region, no_sign_request, s3_client, workers: where and how python-edu
             contents are fetched; ``s3_client`` is ``urllib3`` (boto3's requests, sent by a lighter
             client) or ``boto3``; ``workers`` bounds the requests in flight over all processes
             (default: 32 per process).
+        tokenizer, eot: token formats: a Hub model id, ``gpt2``, a ``tokenizer.json`` or a folder holding
+            one (default: SmolLM's own), and the end-of-text token (default ``<|endoftext|>``).
+        val_tokens: token formats: validation is the first whole documents holding this many tokens
+            (default 100M, but at most the documents of the first 1% of the rows read; 0 for none).
+        shard_tokens: ``bin``: tokens per shard (default 100M).
+        max_tokens: token formats: stop at the last whole document before this many tokens.
+        where: row filters (see :mod:`smollm_corpus.where`), ANDed; rows they drop are counted as
+            ``filtered`` and cost nothing more (python-edu fetches no content for them).
+        decontaminate, benchmarks, decontam_ngram, decontam_threshold: drop documents whose text
+            copies a benchmark sample (the Cosmopedia recipe, every candidate sample compared); the
+            benchmark set is a Hub dataset id or a local parquet/jsonl file or folder (default
+            ``HuggingFaceTB/phi2_eval_data_for_decontamination``), n-grams of 10 words, dropped above 0.5.
         progress: called often with the run's :class:`Progress`.
 
     Returns:
@@ -132,10 +155,12 @@ def fetch(
     started = time.monotonic()
     spec = get_subset(subset)
     num_proc = _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url, s3_client)
+    tokens = formats.token_output(format, tokenizer, eot, val_tokens, shard_tokens, max_tokens)
+    decontaminator = _decontaminator(decontaminate, benchmarks, decontam_ngram, decontam_threshold)
     jsonl = format == "jsonl"
     preset = spec.presets.get(template or "text")
     template_text = preset.template if preset else templates.unescape(template or "")
-    sep = "" if jsonl else (templates.unescape(separator) if separator is not None else preset.separator if preset else "\n\n")
+    sep = "" if format != "txt" else templates.unescape(separator) if separator is not None else preset.separator if preset else "\n\n"
     options = {
         "subset": subset,
         "source": source_repo,
@@ -147,26 +172,39 @@ def fetch(
         "limit": limit,
         "max_bytes": max_bytes,
         "bucket": bucket if spec.hydrated else None,
+        "where": list(where) or None,
+        "decontaminate": decontaminator.identity() if decontaminator else None,
+        **(tokens.identity if tokens else {}),
     }
     folder = Path(out_dir) / subset
-    output = folder / ("input.jsonl" if jsonl else "input.txt")
+    output = folder if tokens else folder / ("input.jsonl" if jsonl else "input.txt")
     manifest_path = folder / "manifest.json"
     partial = output.with_name(output.name + ".incomplete")
+    layout = tokens.layout(subset) if tokens else None
 
     previous = None if overwrite else Manifest.load(manifest_path)
     changed = previous.differences(options) if previous is not None else []
-    if previous is not None and previous.complete and not changed and (output.exists() or partial.exists()):
-        with _locked(folder):
-            if not output.exists():
-                os.replace(partial, output)  # a run that stopped between its last two steps
-        return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started)
+    if previous is not None and previous.complete and not changed:
+        if tokens:
+            missing = [f["name"] for f in previous.token_files["files"] if not (folder / f["name"]).exists()]
+            if missing:
+                raise OutputError(f"{folder} holds a complete fetch whose files are missing ({', '.join(missing)}); "
+                                  "add --overwrite to fetch it again")
+            return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started,
+                               tokens.itemsize)
+        if output.exists() or partial.exists():
+            with _locked(folder):
+                if not output.exists():
+                    os.replace(partial, output)  # a run that stopped between its last two steps
+            return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started)
 
     if spec.hydrated and workers is not None:
         num_proc = min(num_proc, workers)  # each process keeps at least one request in flight
-    threads = arrow_only(templates.parse(template_text, strip=bool(preset and preset.strip)), jsonl, max_bytes, spec.hydrated)
+    threads = arrow_only(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes, spec.hydrated)
     with WorkerPool(num_proc, threads) as pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, subset, pinned or revision)
+        row_filter = parse_where(where, src.schema) if where else None  # before hydration: on the source's columns
         schema = src.schema
         if spec.hydrated and "text" not in schema.names:
             schema = schema.append(pa.field("text", pa.string()))
@@ -182,6 +220,12 @@ def fetch(
             columns = tuple(dict.fromkeys(["blob_id", *(c for c in parsed.columns if c != "text")]))
         else:
             columns = tuple(parsed.columns)
+        if row_filter:
+            columns = tuple(dict.fromkeys([*columns, *row_filter.columns]))
+        if decontaminator and not spec.hydrated:
+            if "text" not in src.schema.names:
+                raise UsageError(f"--decontaminate compares the text column, and {subset} has none")
+            columns = tuple(dict.fromkeys([*columns, "text"]))
         s3 = _s3_options(bucket, s3_endpoint_url, region, no_sign_request, s3_client) if spec.hydrated else None
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -190,21 +234,31 @@ def fetch(
         with _locked(folder):
             manifest = None if overwrite else Manifest.load(manifest_path)
             if manifest is None:
-                _clear(folder, manifest_path)
+                _clear(folder, manifest_path, layout)
                 manifest = Manifest(options, commit=src.commit)
-            run = _Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode())
-            requests = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
-            job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, s3, requests, in_memory=pool.threads)
             total = src.num_rows if limit is None else limit if src.num_rows is None else min(limit, src.num_rows)
-            stats = run.execute(job, pool, Progress(subset, total), progress)
-    return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started)
+            if tokens:
+                max_bytes = None if max_tokens is None else max_tokens * tokens.itemsize  # the stream's bytes are ids
+            run = Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode(),
+                       tokens, total)
+            requests = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
+            stages = tuple(stage for stage in (row_filter, s3 and Hydrate(s3, requests),
+                                               decontaminator and Decontaminate(decontaminator)) if stage)
+            job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, in_memory=pool.threads,
+                      stages=stages, tokenizer=tokens.tokenizer if tokens else None,
+                      eot=tokens.eot if tokens else "before",
+                      # contents are fetched a whole chunk at a time, so that requests keep flowing across batches
+                      batch_rows=HYDRATE_ROWS if s3 else BATCH_ROWS)
+            stats = run.execute(job, pool, Progress(subset, total, token_bytes=tokens.itemsize if tokens else None), progress)
+    return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started,
+                       tokens.itemsize if tokens else None)
 
 
 def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url, s3_client) -> int:
-    if format not in ("txt", "jsonl"):
-        raise UsageError(f"unknown format {format!r}; choose txt or jsonl")
-    if format == "jsonl" and separator is not None:
-        raise UsageError("--separator applies to txt output only; jsonl writes one object per line")
+    if format != "txt" and separator is not None:
+        raise UsageError(f"--separator applies to txt output only; {format} writes each document on its own")
+    if format in formats.TOKEN_FORMATS and max_bytes is not None:
+        raise UsageError(f"--max-bytes applies to text formats; for {format} use --max-tokens")
     if limit is not None and limit < 0:
         raise UsageError("--limit must be 0 or more")
     if max_bytes is not None and max_bytes <= 0:
@@ -218,6 +272,19 @@ def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_en
     if num_proc is not None and num_proc < 1:
         raise UsageError("--num-proc must be 1 or more")
     return num_proc or os.cpu_count() or 1
+
+
+def _decontaminator(decontaminate: bool, benchmarks: str | None, ngram: int | None, threshold: float | None):
+    """The decontamination --decontaminate asks for, its benchmark set loaded; None without it."""
+    if not decontaminate:
+        given = [name for name, value in (("--benchmarks", benchmarks), ("--decontam-ngram", ngram),
+                                          ("--decontam-threshold", threshold)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply with --decontaminate only; add it")
+        return None
+    from .decontaminate import Decontaminator, load_benchmarks
+
+    return Decontaminator(load_benchmarks(benchmarks), 10 if ngram is None else ngram, 0.5 if threshold is None else threshold)
 
 
 def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_request: bool, client: str):
@@ -243,166 +310,20 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
 
 
-def _clear(folder: Path, manifest_path: Path) -> None:
+def _clear(folder: Path, manifest_path: Path, layout: shards.Layout | None) -> None:
     """Remove a previous run's files (only this tool's own files: the folder may hold others)."""
     with writing(folder):
         _remove_outputs(folder, manifest_path)
+        for token_layout in {layout, *(shards.Layout(f, folder.name, 2, None) for f in formats.TOKEN_FORMATS)} - {None}:
+            shards.clear(folder, token_layout)
 
 
 def _remove_outputs(folder: Path, manifest_path: Path) -> None:
-    for name in ("input.txt", "input.jsonl", "input.txt.incomplete", "input.jsonl.incomplete", "missing_blobs.txt"):
+    for name in ("input.txt", "input.jsonl", "input.txt.incomplete", "input.jsonl.incomplete", "missing_blobs.txt",
+                 "decontamination.jsonl"):
         (folder / name).unlink(missing_ok=True)
     manifest_path.unlink(missing_ok=True)
     for name in (".parts", ".staging"):
         shutil.rmtree(folder / name, ignore_errors=True)
 
 
-class _Run:
-    """One run: chunks go to the workers, finished parts are appended in order and checkpointed."""
-
-    def __init__(self, spec: Subset, src: source.Source, manifest: Manifest, manifest_path: Path, folder: Path,
-                 output: Path, partial: Path, limit: int | None, max_bytes: int | None, separator: bytes) -> None:
-        self.spec, self.src, self.manifest, self.manifest_path = spec, src, manifest, manifest_path
-        self.folder, self.output, self.partial = folder, output, partial
-        self.limit, self.max_bytes, self.separator = limit, max_bytes, separator
-        self.parts_dir, self.staging_dir = folder / ".parts", folder / ".staging"
-        self._appended: list[Chunk] = []  # appended since the last checkpoint
-
-    def execute(self, job: Job, pool: WorkerPool, view: Progress, progress: Callable[[Progress], None] | None) -> Stats:
-        shutil.rmtree(self.parts_dir, ignore_errors=True)  # parts of a stopped run are rebuilt, never trusted
-        with writing(self.folder):
-            self.parts_dir.mkdir()
-            self.staging_dir.mkdir(exist_ok=True)
-        stats = self.manifest.stats
-        self._in_flight: dict[int, Stats] = {}  # what workers reported of chunks not appended yet
-        self._next = 0  # the next chunk to append
-        self._update(view)
-        if progress:
-            progress(view)
-        if stats.rows:
-            log.info("resuming %s after %d rows already written", self.spec.name, stats.rows)
-        ahead = 1 if self.limit is not None else min(pool.size, DOWNLOADS_AHEAD)
-        downloads = source.Downloads(self.staging_dir, ahead)
-        out = Output(self.partial, self.manifest, self.manifest_path)
-        limit = None if self.limit is None else self.limit - stats.rows
-        chunk_bytes = plan.MEMORY_CHUNK_BYTES if job.in_memory else plan.CHUNK_BYTES
-        chunks = plan.chunks(self.src, self.manifest.position, limit, self.spec.hydrated, downloads, ahead, chunk_bytes)
-        window: deque[tuple[Chunk, Future]] = deque()
-        checkpointed = time.monotonic()
-        try:
-            while True:
-                while len(window) < 2 * pool.size:
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        break
-                    window.append((chunk, pool.submit(job, chunk)))
-                if not window:
-                    break
-                chunk, future = window.popleft()
-                info = self._wait(future, pool.queue, view, progress)
-                full = self._append(out, chunk, info)
-                self._in_flight.pop(chunk.index, None)
-                self._next = chunk.index + 1
-                self._update(view)
-                if progress:
-                    progress(view)
-                if full:
-                    break  # the output is full: work still in the window is not needed
-                if time.monotonic() - checkpointed > CHECKPOINT_SECONDS:
-                    self._checkpoint(out, downloads)
-                    checkpointed = time.monotonic()
-            pool.stop()  # workers still busy past --max-bytes must not write into what is removed below
-            self._checkpoint(out, downloads, wait=True)
-        except KeyboardInterrupt:
-            pool.stop()
-            self._checkpoint(out, downloads, wait=True)
-            raise Interrupted(
-                f"interrupted: {stats.rows:,} rows of {self.spec.name} are safely written; "
-                "run the same command again to resume"
-            ) from None
-        except BaseException as e:
-            pool.stop()
-            with contextlib.suppress(Exception):
-                self._checkpoint(out, downloads, wait=True)  # keep what was appended before the failure
-            if isinstance(e, BrokenProcessPool):
-                raise SmollmCorpusError(
-                    "a worker process died (out of memory, or killed); run the same command again to resume. "
-                    "Calling fetch() from a script? Guard the call with if __name__ == '__main__':"
-                ) from e
-            raise
-        finally:
-            downloads.close()
-            out.close()
-        if self.spec.hydrated:
-            missing = self.folder / "missing_blobs.txt"
-            tmp = missing.with_name(missing.name + ".tmp")
-            with writing(missing):
-                tmp.write_text("".join(f"{b}\n" for b in self.manifest.missing_blobs))
-                os.replace(tmp, missing)
-        out.finish(self.output)
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
-        return stats
-
-    def _wait(self, future: Future, queue, view: Progress, progress) -> parts.PartInfo:
-        while True:
-            try:
-                return future.result(timeout=0.2)
-            except FutureTimeout:
-                self._drain(queue, view)
-                if progress:
-                    progress(view)
-
-    def _drain(self, queue, view: Progress) -> None:
-        with contextlib.suppress(queue_module.Empty):
-            while True:
-                index, rows, documents, nbytes, skipped = queue.get_nowait()
-                if index >= self._next:  # a report that arrives after its chunk was appended is counted already
-                    self._in_flight.setdefault(index, Stats()).add(Stats(rows, documents, nbytes, Counter(skipped)))
-        self._update(view)
-
-    def _update(self, view: Progress) -> None:
-        """The bar's view: what is appended, plus what the workers hold."""
-        total = Stats()
-        total.add(self.manifest.stats)
-        for stats in self._in_flight.values():
-            total.add(stats)
-        view.rows, view.documents, view.bytes, view.skipped = total.rows, total.documents, total.bytes, total.skipped
-
-    def _append(self, out: Output, chunk: Chunk, info: parts.PartInfo) -> bool:
-        """Append a finished part to the output and count it. Returns True when the output is full."""
-        stats = self.manifest.stats
-        sep = self.separator if stats.bytes and info.stats.documents else b""
-        size, full = info.stats.bytes, False
-        if self.max_bytes is not None:
-            budget = self.max_bytes - stats.bytes - len(sep)
-            if size > budget:
-                size, info = info.cut(max(budget, 0))
-                full = True
-                sep = sep if size else b""
-        out.write(sep)
-        if info.data is not None:
-            out.append(info.data, size)
-        else:
-            part = parts.path(self.parts_dir, chunk.index)
-            out.copy(part, size)
-            part.unlink()
-        info.stats.bytes = size + len(sep)
-        row = chunk.start + info.stats.rows
-        end_of_file = row == chunk.file_rows
-        with signals.held():  # a checkpoint after Ctrl-C must never see counters without their position
-            stats.add(info.stats)
-            for _, reason, detail in info.skipped_rows:
-                if reason == "missing":
-                    self.manifest.missing_blobs.append(detail)
-                elif reason == "corrupt":
-                    self.manifest.corrupt_blobs.append(detail)
-            self.manifest.position = {"file": chunk.file.index + end_of_file, "row": 0 if end_of_file else row}
-            self._appended.append(chunk)
-        return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
-
-    def _checkpoint(self, out: Output, downloads: source.Downloads, wait: bool = False) -> None:
-        """Checkpoint the output; once that is durable, delete the downloads of files read to the end."""
-        done = [c.file for c in self._appended if c.ends_file]
-        self._appended.clear()
-        out.checkpoint(lambda: [downloads.release(f) for f in done], wait=wait)

@@ -16,7 +16,6 @@ import queue as queue_module
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +61,24 @@ class Job:
     separator: bytes
     max_bytes: int | None
     columns: tuple[str, ...]  # columns read from the parquet files
-    s3: object | None = None  # hydrate.S3Options for subsets whose text lives in S3
-    threads: int = 1  # S3 requests in flight per worker process
     in_memory: bool = False  # parts stay in memory (thread workers) rather than in files
+    #: what each batch goes through before it is rendered, in order (filter, fetch contents, decontaminate):
+    #: each takes a batch and its rows' positions in the chunk and gives back the rows it keeps and
+    #: (position, reason, detail) for those it drops
+    stages: tuple = ()
+    tokenizer: object | None = None  # tokenizer.Tokenizer for token formats: parts hold token ids
+    eot: str = "before"  # where each document's end-of-text token goes: "before" (llm.c) or "after" (nanoGPT)
+    batch_rows: int = 1024  # rows read at a time
 
 
-def arrow_only(template: Template, jsonl: bool, max_bytes: int | None, hydrated: bool) -> bool:
+def arrow_only(template: Template, format: str, max_bytes: int | None, hydrated: bool) -> bool:
     """Whether every chunk of such a job is Arrow's work alone, so that threads can share it without the GIL.
 
     Judged before the schema is known: a placeholder that turns out not to be a string column is
     rendered in Python, which is correct, only slower in threads.
     """
-    return not (jsonl or max_bytes or hydrated or template.strip) and template.literals == ("", "") and len(template.fields) == 1
+    plain = format == "txt" and not (max_bytes or hydrated or template.strip)
+    return plain and template.literals == ("", "") and len(template.fields) == 1
 
 
 class Stopped(Exception):
@@ -163,23 +168,28 @@ def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event |
     writer = parts.PartWriter(job.parts_dir, chunk.index, job.separator, job.max_bytes, job.in_memory)
     rows = 0
     reported, last_report = [0, 0, 0, {}], time.monotonic()
-    # Contents are fetched a whole chunk at a time, so that requests keep flowing across batch boundaries.
-    batch_rows = HYDRATE_ROWS if job.s3 is not None else BATCH_ROWS
     try:
-        for batch in source.read_rows(Path(chunk.path), list(job.columns), chunk.start, chunk.stop, batch_rows):
+        for batch in source.read_rows(Path(chunk.path), list(job.columns), chunk.start, chunk.stop, job.batch_rows):
             if stopping is not None and stopping.is_set():
                 raise Stopped
             first, count = rows, batch.num_rows
-            column = None if job.s3 is not None or job.jsonl or job.max_bytes else job.template.column(batch)
+            rows = first + count
+            positions = pa.array(range(first, rows), pa.int64())
+            for stage in job.stages:
+                batch, positions, skipped = stage(batch, positions)
+                writer.skip_rows(skipped)
+            plain = not job.jsonl and not job.max_bytes and job.tokenizer is None
+            column = job.template.column(batch) if plain else None
             if column is not None:
-                writer.write_column(first, column)
-                rows = first + count
-            else:
-                positions: Sequence[int] = range(first, first + count)
-                if job.s3 is not None:
-                    batch, positions = _hydrate(batch, positions, writer, job)
-                taken = writer.write(positions, _render(batch, job))
-                rows = positions[taken - 1] + 1 if taken < len(positions) else first + count
+                writer.write_column(positions, column)
+            elif batch.num_rows:
+                kept = positions.to_pylist()
+                if job.tokenizer is not None:
+                    taken = writer.write_tokens(kept, job.template.render(batch), job.tokenizer, job.eot)
+                else:
+                    taken = writer.write(kept, _render(batch, job))
+                if taken < len(kept):  # max_bytes reached: the rest of the batch is not part of this part
+                    rows = kept[taken - 1] + 1
             if time.monotonic() - last_report > REPORT_EVERY:
                 reported, last_report = _report(progress, chunk, writer, rows, reported), time.monotonic()
             if writer.full:
@@ -196,30 +206,56 @@ def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event |
     return info
 
 
-def _hydrate(
-    batch: pa.RecordBatch, positions: Sequence[int], writer: parts.PartWriter, job: Job
-) -> tuple[pa.RecordBatch, list[int]]:
-    """Fetch the text of each row from S3; rows whose blob is missing, corrupt or invalid are skipped."""
-    global _hydrator
-    from .hydrate import BlobStatus, Hydrator
+class Hydrate:
+    """The stage that fetches each row's ``text`` from S3; rows whose blob is missing, corrupt or invalid are dropped.
 
-    if _hydrator is None:
-        _hydrator = Hydrator(job.s3, job.threads)
-    ids = batch.column("blob_id").to_pylist()
-    blobs = _hydrator.fetch(ids)
-    keep, texts, kept_rows = [], [], []
-    for i, (blob_id, blob) in enumerate(zip(ids, blobs)):
-        if blob.status is BlobStatus.OK:
-            keep.append(i)
-            texts.append(blob.text)
-            kept_rows.append(positions[i])
-        else:
-            writer.skip(positions[i], blob.status.value, blob_id or "")
-    hydrated = batch.take(pa.array(keep, pa.int64())) if len(keep) < batch.num_rows else batch
-    hydrated = pa.RecordBatch.from_arrays(
-        [*hydrated.columns, pa.array(texts, pa.string())], names=[*hydrated.schema.names, "text"]
-    )
-    return hydrated, kept_rows
+    One :class:`hydrate.Hydrator` per worker process, built at its first batch (clients cannot be pickled).
+    """
+
+    def __init__(self, options, threads: int) -> None:
+        self.options, self.threads = options, threads
+
+    def __call__(self, batch: pa.RecordBatch, rows: pa.Array) -> tuple[pa.RecordBatch, pa.Array, list]:
+        global _hydrator
+        from .hydrate import BlobStatus, Hydrator
+
+        if _hydrator is None:
+            _hydrator = Hydrator(self.options, self.threads)
+        ids = batch.column("blob_id").to_pylist()
+        blobs = _hydrator.fetch(ids)
+        positions = rows.to_pylist()
+        keep, texts, skipped = [], [], []
+        for i, (blob_id, blob) in enumerate(zip(ids, blobs)):
+            if blob.status is BlobStatus.OK:
+                keep.append(i)
+                texts.append(blob.text)
+            else:
+                skipped.append((positions[i], blob.status.value, blob_id or ""))
+        if skipped:
+            batch, rows = batch.take(pa.array(keep, pa.int64())), rows.take(pa.array(keep, pa.int64()))
+        hydrated = pa.RecordBatch.from_arrays([*batch.columns, pa.array(texts, pa.string())],
+                                              names=[*batch.schema.names, "text"])
+        return hydrated, rows, skipped
+
+
+class Decontaminate:
+    """The stage that drops documents whose ``text`` copies a benchmark sample (see :mod:`.decontaminate`)."""
+
+    def __init__(self, decontaminator) -> None:
+        self.decontaminator = decontaminator
+
+    def __call__(self, batch: pa.RecordBatch, rows: pa.Array) -> tuple[pa.RecordBatch, pa.Array, list]:
+        texts = batch.column("text").to_pylist()
+        found = self.decontaminator.check(["" if t is None else t for t in texts])
+        if not any(found):
+            return batch, rows, []
+        positions = rows.to_pylist()
+        skipped = [(positions[i], "contaminated", json.dumps({"task": c.task, "sample": c.sample,
+                                                              "ratio": round(c.ratio, 4), "ngram": c.ngram},
+                                                             ensure_ascii=False))
+                   for i, c in enumerate(found) if c is not None]
+        keep = pa.array([c is None for c in found], pa.bool_())
+        return batch.filter(keep), rows.filter(keep), skipped
 
 
 def _render(batch: pa.RecordBatch, job: Job) -> list[str]:
