@@ -13,10 +13,10 @@ import time
 import click
 
 from . import __version__
-from .errors import SmollmCorpusError
+from .errors import SmollmCorpusError, UsageError
 from .formats import FORMATS
-from .pipeline import FetchResult, Progress, fetch
-from .subsets import DEFAULT_SOURCE, SUBSETS
+from .pipeline import FetchResult, Progress, configs_of, fetch
+from .subsets import COSMOPEDIA, COSMOPEDIA_CONFIGS, FAMILIES, HUB_PRESETS, SUBSETS, DatasetSpec, get_subset
 
 class Quantity(click.ParamType):
     """A number with an optional unit letter: ``Size`` (500M, 2G: powers of 1024) or ``Count`` (100M, 2.5B)."""
@@ -46,30 +46,64 @@ def Count() -> Quantity:  # noqa: N802 - used like a click type
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="smollm-corpus")
 def main() -> None:
-    """Fetch the SmolLM-Corpus and write it as training-ready text."""
+    """Fetch the SmolLM-Corpus (or Cosmopedia, or any parquet dataset on the Hub) and write it as training-ready text."""
 
 
 @main.command("list")
 def list_subsets() -> None:
-    """Show each subset: rows, download size, columns and default template."""
+    """Show each name: rows, download size, columns and templates; then how to name any other Hub dataset."""
     for s in SUBSETS.values():
         click.echo(f"{s.name}")
-        click.echo(f"  rows:      {s.rows:,}")
+        _describe(s)
+    click.echo("")
+    click.echo(f"Cosmopedia v0.1 ({COSMOPEDIA['cosmopedia/stories'].repo}), one name per config, "
+               "each into OUT_DIR/cosmopedia/<config>/; all eight: fetch cosmopedia --all-configs")
+    for s in COSMOPEDIA.values():
+        if s.name == "cosmopedia-100k":
+            click.echo(f"{s.name}  (a 100k-row sample, {s.repo})")
+            _describe(s)
+        elif s.config == COSMOPEDIA_CONFIGS[-1]:
+            click.echo(s.name)
+            _describe(s)
+        else:
+            click.echo(s.name)
+    click.echo("")
+    click.echo("Any other Hub dataset with parquet data files:")
+    click.echo("hf:OWNER/NAME[:CONFIG]")
+    click.echo("  config:    CONFIG, else the repository's only config or the one named 'default'")
+    click.echo("  output:    OUT_DIR/hf/OWNER/NAME/CONFIG/")
+    click.echo("  rows, columns: read from the repository")
+    _templates(HUB_PRESETS, "; needs a text column, else pass --template")
+
+
+def _describe(s: DatasetSpec) -> None:
+    card = " (dataset card)" if s.from_card else ""
+    click.echo(f"  rows:      {s.rows}{card}")
+    if s.download_size:
         click.echo(f"  download:  {s.download_size}")
-        click.echo(f"  columns:   {', '.join(s.template_columns)}")
-        for name, preset in s.presets.items():
-            default = " (default)" if name == "text" else ""
-            click.echo(f"  template {name}{default}: {preset.template!r}, separator {preset.separator!r}")
+    click.echo(f"  columns:   {', '.join(s.template_columns)}{card}")
+    _templates(s.presets)
+
+
+def _templates(presets, default_note: str = "") -> None:
+    for name, preset in presets.items():
+        note = f" (default{default_note})" if name == "text" else ""
+        strip = ", values stripped" if preset.strip else ""
+        click.echo(f"  template {name}{note}: {preset.template!r}, separator {preset.separator!r}{strip}")
 
 
 @main.command("fetch")
-@click.argument("subsets", nargs=-1)
-@click.option("--all", "all_subsets", is_flag=True, help="Fetch every subset.")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_subsets", is_flag=True, help="Fetch the three SmolLM-Corpus subsets.")
+@click.option("--all-configs", is_flag=True,
+              help="Fetch every config of the names given: cosmopedia (its eight), or hf:OWNER/NAME.")
 @click.option("-o", "--out-dir", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Writes OUT_DIR/<subset>/input.txt and manifest.json.")
-@click.option("--source", "source_repo", envvar="SMOLLM_CORPUS_SOURCE", default=DEFAULT_SOURCE, show_default=True,
-              help="A Hub dataset id, or a local folder laid out like the Hub repository (env SMOLLM_CORPUS_SOURCE).")
+              help="Writes OUT_DIR/<subset>/input.txt and manifest.json (hf:OWNER/NAME:CONFIG: OUT_DIR/hf/OWNER/NAME/CONFIG/).")
+@click.option("--source", "source_repo", envvar="SMOLLM_CORPUS_SOURCE",
+              help="A Hub dataset id, or a local folder laid out like the Hub repository (env SMOLLM_CORPUS_SOURCE)  "
+                   "[default: the name's own repository, HuggingFaceTB/smollm-corpus for the subsets]")
 @click.option("--revision", help="Hub revision: a branch, tag or commit.")
+@click.option("--split", default="train", show_default=True, help="The split to read, where a config has several.")
 @click.option("--num-proc", type=click.IntRange(min=1), help="Workers: threads for a template that is one column as is (the default), else processes  [default: number of CPUs]")
 @click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows, in dataset order.")
 @click.option("--max-bytes", type=Size(), help="Stop at the last whole document before the output passes SIZE (500M, 2G).")
@@ -107,24 +141,36 @@ def list_subsets() -> None:
               help="python-edu: S3 requests in flight, over all processes  [default: 32 per worker process]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, summary or notices.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail, and a traceback on errors.")
-def fetch_command(subsets, all_subsets, out_dir, source_repo, quiet, verbose, format_, **options) -> None:
-    """Fetch SUBSETS (or --all) into OUT_DIR/<subset>/input.txt.
+def fetch_command(names, all_subsets, all_configs, out_dir, source_repo, quiet, verbose, format_, **options) -> None:
+    """Fetch NAMES (or --all) into OUT_DIR/<name>/input.txt.
+
+    A name is a SmolLM-Corpus subset, cosmopedia/<config>, cosmopedia-100k, or any Hub dataset
+    with parquet files as hf:OWNER/NAME[:CONFIG] (see smollm-corpus list).
 
     \b
     Examples:
       smollm-corpus fetch cosmopedia-v2
       smollm-corpus fetch fineweb-edu-dedup --limit 10000 --template nanogpt
       smollm-corpus fetch python-edu --format jsonl --no-sign-request
+      smollm-corpus fetch cosmopedia --all-configs
+      smollm-corpus fetch hf:OWNER/NAME --split validation
     Interrupted? Run the same command again: it resumes where it stopped.
     """
-    if all_subsets == bool(subsets):
+    if all_subsets == bool(names):
         raise click.UsageError("name one or more subsets, or --all (not both)")
-    for name in subsets:
-        if name not in SUBSETS:
-            raise click.UsageError(f"unknown subset {name!r}; choose one of: {', '.join(SUBSETS)}")
     _log_to_stderr(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    for name in subsets or SUBSETS:
+    try:
+        if all_configs:
+            names = [n for name in names for n in configs_of(name, source_repo, options["revision"])]
+        for name in names:
+            if name in FAMILIES:
+                raise UsageError(f"{name} stands for {', '.join(FAMILIES[name])}; name one, or add --all-configs")
+            get_subset(name)
+    except SmollmCorpusError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    for name in names or SUBSETS:
         reporter = None if quiet else _Bar() if sys.stderr.isatty() else _LogLines()
         try:
             try:
@@ -196,7 +242,7 @@ class _Bar:
         from tqdm import tqdm
 
         if self.bar is None:
-            unit = " blobs" if SUBSETS[p.subset].hydrated else " docs"
+            unit = " blobs" if p.hydrated else " docs"
             self.bar = tqdm(total=p.total_rows, initial=p.rows, desc=p.subset, unit=unit, unit_scale=True,
                             dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
         postfix = {"written": _human(p.bytes) if p.tokens is None else f"{_count(p.tokens)} tokens"}

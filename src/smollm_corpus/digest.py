@@ -38,6 +38,8 @@ def _libcrypto():
     """The libcrypto ``hashlib`` is linked with (already loaded in this process), or None."""
     import _hashlib  # noqa: F401 - loads libcrypto into the process
 
+    del _hashlib
+
     paths = []
     try:
         with open("/proc/self/maps") as maps:

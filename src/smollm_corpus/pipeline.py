@@ -1,4 +1,4 @@
-"""fetch(): one subset from the source to ``input.txt``, in dataset order, resumable at any moment.
+"""fetch(): one dataset from the source to ``input.txt``, in dataset order, resumable at any moment.
 
 Stages: the source's files are brought to disk a few ahead and cut into chunks (whole row
 groups, 8 to 32 MB, for the text subsets; 4,096 rows for python-edu); workers (threads where
@@ -18,7 +18,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,11 +28,11 @@ from .errors import OutputError, UsageError, writing
 from .manifest import Manifest
 from .run import Interrupted, Run
 from .stats import Stats
-from .subsets import DEFAULT_SOURCE, get_subset
+from .subsets import FAMILIES, HUB_PREFIX, DatasetSpec, get_subset
 from .where import parse as parse_where
-from .worker import BATCH_ROWS, HYDRATE_ROWS, Decontaminate, Hydrate, Job, WorkerPool, arrow_only
+from .worker import BATCH_ROWS, HYDRATE_ROWS, Hydrate, Job, WorkerPool, arrow_only
 
-__all__ = ["FetchResult", "Interrupted", "Progress", "fetch"]
+__all__ = ["FetchResult", "Interrupted", "Progress", "configs_of", "fetch"]
 
 log = logging.getLogger("smollm_corpus")
 
@@ -56,6 +56,7 @@ class Progress:
     bytes: int = 0
     skipped: Counter | None = None
     token_bytes: int | None = None  # token formats: bytes per token (``bytes`` counts the ids' bytes)
+    hydrated: bool = False  # rows are python-edu blobs fetched from S3
 
     @property
     def tokens(self) -> int | None:
@@ -81,8 +82,9 @@ def fetch(
     subset: str,
     out_dir: str | os.PathLike = ".",
     *,
-    source_repo: str = DEFAULT_SOURCE,
+    source_repo: str | None = None,
     revision: str | None = None,
+    split: str = "train",
     num_proc: int | None = None,
     limit: int | None = None,
     max_bytes: int | None = None,
@@ -108,13 +110,17 @@ def fetch(
     decontam_threshold: float | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> FetchResult:
-    """Fetch ``subset`` into ``out_dir/<subset>/input.txt`` (or ``input.jsonl``), resuming a previous run.
+    """Fetch ``subset`` into ``out_dir/<folder>/input.txt`` (or ``input.jsonl``), resuming a previous run.
 
     Args:
-        subset: one of :data:`smollm_corpus.SUBSETS`.
-        out_dir: the folder that receives ``<subset>/``.
-        source_repo: a Hub dataset id, or a local folder laid out like the Hub repository.
+        subset: a SmolLM-Corpus subset (:data:`smollm_corpus.SUBSETS`), ``cosmopedia/<config>``,
+            ``cosmopedia-100k``, or any Hub dataset with parquet files as ``hf:OWNER/NAME[:CONFIG]``.
+        out_dir: the folder that receives the dataset's folder: ``<subset>/``, ``cosmopedia/<config>/``,
+            ``cosmopedia-100k/`` or ``hf/OWNER/NAME/CONFIG/``.
+        source_repo: a Hub dataset id, or a local folder laid out like the Hub repository (default: the
+            dataset's own repository).
         revision: a Hub branch, tag or commit.
+        split: the split of the config to read.
         num_proc: worker processes (default: one per CPU).
         limit: only the first ``limit`` rows of the subset, in dataset order.
         max_bytes: stop at the last whole document before the output passes this size.
@@ -147,14 +153,19 @@ def fetch(
         The run's counters and paths; ``already_complete`` when a previous run had finished.
 
     Raises:
-        UsageError: bad options, or a template naming no column (before anything is written).
-        SourceError: the source cannot be read.
+        UsageError: bad options, an unknown name or split, an ``hf:`` name without a config where the
+            repository has several, or a template naming no column (before anything is written).
+        SourceError: the source cannot be read, or its data files are not parquet.
         OutputError: the output folder cannot be written, or holds a different fetch.
         Interrupted: stopped by Ctrl-C or SIGTERM; rerunning resumes.
     """
     started = time.monotonic()
     spec = get_subset(subset)
     num_proc = _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url, s3_client)
+    source_repo = source_repo or spec.repo
+    if spec.config is None:
+        spec = spec.with_config(_default_config(spec, source_repo, revision))
+    subset = spec.name
     tokens = formats.token_output(format, tokenizer, eot, val_tokens, shard_tokens, max_tokens)
     decontaminator = _decontaminator(decontaminate, benchmarks, decontam_ngram, decontam_threshold)
     jsonl = format == "jsonl"
@@ -165,6 +176,7 @@ def fetch(
         "subset": subset,
         "source": source_repo,
         "revision": revision,
+        "split": split,
         "template": template_text,
         "strip": bool(preset and preset.strip),
         "separator": sep,
@@ -176,11 +188,11 @@ def fetch(
         "decontaminate": decontaminator.identity() if decontaminator else None,
         **(tokens.identity if tokens else {}),
     }
-    folder = Path(out_dir) / subset
+    folder = Path(out_dir) / spec.folder
     output = folder if tokens else folder / ("input.jsonl" if jsonl else "input.txt")
     manifest_path = folder / "manifest.json"
     partial = output.with_name(output.name + ".incomplete")
-    layout = tokens.layout(subset) if tokens else None
+    layout = tokens.layout(spec.prefix) if tokens else None
 
     previous = None if overwrite else Manifest.load(manifest_path)
     changed = previous.differences(options) if previous is not None else []
@@ -203,7 +215,7 @@ def fetch(
     threads = arrow_only(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes, spec.hydrated)
     with WorkerPool(num_proc, threads) as pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
-        src = source.resolve(source_repo, subset, pinned or revision)
+        src = source.resolve(source_repo, spec.config, pinned or revision, split)
         row_filter = parse_where(where, src.schema) if where else None  # before hydration: on the source's columns
         schema = src.schema
         if spec.hydrated and "text" not in schema.names:
@@ -234,24 +246,56 @@ def fetch(
         with _locked(folder):
             manifest = None if overwrite else Manifest.load(manifest_path)
             if manifest is None:
-                _clear(folder, manifest_path, layout)
+                _clear(folder, manifest_path, layout, spec.prefix)
                 manifest = Manifest(options, commit=src.commit)
             total = src.num_rows if limit is None else limit if src.num_rows is None else min(limit, src.num_rows)
             if tokens:
                 max_bytes = None if max_tokens is None else max_tokens * tokens.itemsize  # the stream's bytes are ids
-            run = Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode(),
+            # Run names the token shards after spec.name, which must then be one file-name component
+            run = Run(replace(spec, name=spec.prefix), src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode(),
                        tokens, total)
             requests = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
             stages = tuple(stage for stage in (row_filter, s3 and Hydrate(s3, requests),
-                                               decontaminator and Decontaminate(decontaminator)) if stage)
+                                               decontaminator) if stage)
             job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, in_memory=pool.threads,
                       stages=stages, tokenizer=tokens.tokenizer if tokens else None,
                       eot=tokens.eot if tokens else "before",
                       # contents are fetched a whole chunk at a time, so that requests keep flowing across batches
                       batch_rows=HYDRATE_ROWS if s3 else BATCH_ROWS)
-            stats = run.execute(job, pool, Progress(subset, total, token_bytes=tokens.itemsize if tokens else None), progress)
+            view = Progress(subset, total, token_bytes=tokens.itemsize if tokens else None, hydrated=spec.hydrated)
+            stats = run.execute(job, pool, view, progress)
     return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started,
                        tokens.itemsize if tokens else None)
+
+
+def _default_config(spec: DatasetSpec, repo: str, revision: str | None) -> str:
+    """The config a name without one reads: the repository's only config, or the one named ``default``."""
+    configs = source.config_names(repo, revision)
+    if len(configs) == 1:
+        return configs[0]
+    if "default" in configs:
+        return "default"
+    raise UsageError(
+        f"{repo} has several configs and none named 'default'; name one, as in {spec.name}:{configs[0]}, "
+        f"or add --all-configs to fetch each; configs: {', '.join(configs)}"
+    )
+
+
+def configs_of(name: str, source_repo: str | None = None, revision: str | None = None) -> list[str]:
+    """The names ``fetch NAME --all-configs`` fetches: ``cosmopedia``'s eight, or each config of ``hf:OWNER/NAME``.
+
+    Raises:
+        UsageError: ``name`` stands for no set of configs.
+        SourceError: the repository cannot be read.
+    """
+    if name in FAMILIES:
+        return list(FAMILIES[name])
+    spec = get_subset(name)
+    if not spec.name.startswith(HUB_PREFIX) or spec.config is not None:
+        raise UsageError(
+            f"--all-configs takes {', '.join(FAMILIES)} or hf:OWNER/NAME (without a config), not {name!r}"
+        )
+    return [spec.with_config(c).name for c in source.config_names(source_repo or spec.repo, revision)]
 
 
 def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url, s3_client) -> int:
@@ -282,7 +326,8 @@ def _decontaminator(decontaminate: bool, benchmarks: str | None, ngram: int | No
         if given:
             raise UsageError(f"{', '.join(given)} apply with --decontaminate only; add it")
         return None
-    from .decontaminate import Decontaminator, load_benchmarks
+    from .decontaminate import Decontaminator
+    from .evalsets import load_benchmarks
 
     return Decontaminator(load_benchmarks(benchmarks), 10 if ngram is None else ngram, 0.5 if threshold is None else threshold)
 
@@ -310,11 +355,11 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
 
 
-def _clear(folder: Path, manifest_path: Path, layout: shards.Layout | None) -> None:
+def _clear(folder: Path, manifest_path: Path, layout: shards.Layout | None, prefix: str) -> None:
     """Remove a previous run's files (only this tool's own files: the folder may hold others)."""
     with writing(folder):
         _remove_outputs(folder, manifest_path)
-        for token_layout in {layout, *(shards.Layout(f, folder.name, 2, None) for f in formats.TOKEN_FORMATS)} - {None}:
+        for token_layout in {layout, *(shards.Layout(f, prefix, 2, None) for f in formats.TOKEN_FORMATS)} - {None}:
             shards.clear(folder, token_layout)
 
 

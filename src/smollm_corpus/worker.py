@@ -238,26 +238,6 @@ class Hydrate:
         return hydrated, rows, skipped
 
 
-class Decontaminate:
-    """The stage that drops documents whose ``text`` copies a benchmark sample (see :mod:`.decontaminate`)."""
-
-    def __init__(self, decontaminator) -> None:
-        self.decontaminator = decontaminator
-
-    def __call__(self, batch: pa.RecordBatch, rows: pa.Array) -> tuple[pa.RecordBatch, pa.Array, list]:
-        texts = batch.column("text").to_pylist()
-        found = self.decontaminator.check(["" if t is None else t for t in texts])
-        if not any(found):
-            return batch, rows, []
-        positions = rows.to_pylist()
-        skipped = [(positions[i], "contaminated", json.dumps({"task": c.task, "sample": c.sample,
-                                                              "ratio": round(c.ratio, 4), "ngram": c.ngram},
-                                                             ensure_ascii=False))
-                   for i, c in enumerate(found) if c is not None]
-        keep = pa.array([c is None for c in found], pa.bool_())
-        return batch.filter(keep), rows.filter(keep), skipped
-
-
 def _render(batch: pa.RecordBatch, job: Job) -> list[str]:
     documents = job.template.render(batch)
     if not job.jsonl:
