@@ -13,7 +13,9 @@ copy has --contaminated percent of them with a benchmark sample put in, verbatim
     ratio against that sample;
 (b) ``Decontaminator.check`` on one core, batches of 1,000 documents;
 (c) the same on all cores: a spawn process pool, the Decontaminator pickled once per worker,
-    each worker reading the documents itself (as the pipeline's workers read their parquet).
+    each worker reading the documents itself (as the pipeline's workers read their parquet);
+(d) ``smollm-corpus fetch`` of the contaminated documents (as a fineweb-edu-dedup mirror), with
+    and without ``--decontaminate --benchmarks <the same samples>``, whole runs.
 
 Each approach runs in a fresh interpreter; the benchmarks are indexed first, timed apart, and
 the documents are timed alone (for (c): after every worker has started and built its index).
@@ -301,13 +303,15 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=60, help="MB of documents")
     parser.add_argument("--contaminated", type=float, default=1.0, help="percent of documents given a benchmark sample")
     parser.add_argument("--work", type=Path, default=Path("/tmp/smollm-bench"), help="data and runs live here")
-    parser.add_argument("--only", default="a,b,c", help="comma-separated approaches to run, from a,b,c")
+    parser.add_argument("--only", default="a,b,c,d", help="comma-separated approaches to run, from a,b,c,d")
     parser.add_argument("--runs", type=int, default=3, help="runs per approach; the table shows medians")
     args = parser.parse_args()
     only = [x.strip() for x in args.only.split(",") if x.strip()]
+    fetches = "d" in only
+    only = [x for x in only if x != "d"]
     if not set(only) <= set(APPROACHES) or min(args.samples, args.runs) < 1 or args.mb <= 0 \
             or not 0 <= args.contaminated <= 100:
-        parser.error("--only takes letters from a,b,c; --samples, --runs and --mb must be positive, "
+        parser.error("--only takes letters from a,b,c,d; --samples, --runs and --mb must be positive, "
                      "--contaminated in [0, 100]")
     if args.sample is not None and not args.sample.is_file():
         parser.error(f"--sample {args.sample} does not exist")
@@ -336,6 +340,47 @@ def main() -> None:
           "workers). Dropped: in any run (the recipe's vary with the hash seed). Peak RSS: the whole process tree, "
           "including the documents held in memory (by each worker for (c)).\n")
     print("\n".join(targets(results, only, json.loads((folder / "contaminated.json").read_text()))))
+    if fetches:
+        print("\n".join(fetch_comparison(folder, work, args.runs)))
+
+
+def fetch_comparison(folder: Path, work: Path, runs: int) -> list[str]:
+    """(d): whole fetches of the contaminated documents, with and without --decontaminate."""
+    import pyarrow as pa
+
+    sys.path.insert(0, str(common.REPO / "tests"))
+    from mirror import build_mirror, rows_for
+
+    documents = _documents(str(folder), "contaminated")
+    mirror = folder / "mirror"
+    if not (mirror / ".complete").exists():
+        def rows(subset: str, start: int, stop: int) -> pa.Table:
+            return rows_for(subset, start, stop).set_column(0, "text", pa.array(documents[start:stop], pa.string()))
+
+        half = len(documents) // 2
+        build_mirror(mirror, {"fineweb-edu-dedup": [half, len(documents) - half]}, row_group_size=1000, rows=rows)
+        (mirror / ".complete").write_text("")
+    variants = {"without": [], "with --decontaminate": ["--decontaminate", "--benchmarks", str(folder / "benchmarks.parquet")]}
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    rss: dict[str, list[float]] = {name: [] for name in variants}
+    for run in range(runs):
+        for name, extra in variants.items():
+            out = work / "runs" / f"fetch-{run}-{len(extra)}"
+            cmd = [str(common.cli_path()), "fetch", "fineweb-edu-dedup", "--source", str(mirror), "-o", str(out), "-q",
+                   "--overwrite", *extra]
+            m = common.run_measured(cmd, env=common.base_env(out / "scratch"), log=out.with_suffix(".log"))
+            if not m.ok:
+                return [f"FAIL  (d) fetch {name}: {m.error()}"]
+            walls[name].append(m.wall_s)
+            rss[name].append(m.peak_rss_mb)
+    mb = sum(len(d.encode()) for d in documents) / common.MB
+    plain, cleaned = (common.median(walls[name]) for name in variants)
+    lines = [f"(d) fetch of {mb:.0f} MB: without {plain:.2f} s ({mb / plain:.1f} MB/s, peak RSS "
+             f"{common.median(rss['without']):.0f} MB), with --decontaminate {cleaned:.2f} s ({mb / cleaned:.1f} MB/s, "
+             f"peak RSS {common.median(rss['with --decontaminate']):.0f} MB), start-up and indexing included"]
+    lines.append(common.check("(d) a fetch with --decontaminate >= 0.5x the speed of the same fetch without it",
+                              plain / cleaned >= 0.5, f"{plain / cleaned:.2f}x"))
+    return lines
 
 
 def targets(results: dict, only: list[str], planted: dict[str, dict]) -> list[str]:
