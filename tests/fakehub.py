@@ -24,6 +24,10 @@ on file downloads, ``hub.rate_limit(n)`` -> 429 with ``Retry-After`` and ``RateL
 Every request is recorded in ``hub.requests``; ``hub.downloaded_files()`` lists the repo files
 whose bytes were served.
 
+``hub.add_repo(root2, "acme/other")`` serves another folder as another dataset repo on the same
+server (one ``HF_ENDPOINT`` for all); it returns that repo's own ``FakeHub`` for its switches, while
+requests are recorded on ``hub``.
+
 Pointing the libraries at it
 ----------------------------
 Subprocesses: pass ``env={**os.environ, **hub.env(tmp_path / "hf")}``.  That sets
@@ -189,6 +193,16 @@ class FakeHub:
         self._lfs_objects: dict[str, str] = {}  # sha256 -> repo path, for the CDN
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._repos: dict[str, FakeHub] = {repo_id: self}  # every repository this hub serves, by id
+        self._host: FakeHub = self  # the hub whose server answers for this repository
+
+    def add_repo(self, root: Path | str, repo_id: str, *, sha: str = DEFAULT_SHA) -> FakeHub:
+        """Serve ``root`` as the dataset repo ``repo_id`` too, on the same server; returns its own FakeHub
+        (for its ``sha``, ``gated``, ``repo_exists``, ... switches; requests are recorded here)."""
+        repo = FakeHub(root, repo_id=repo_id, sha=sha, repo_type=self.repo_type)
+        repo._host = self
+        self._repos[repo_id] = repo
+        return repo
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -220,6 +234,8 @@ class FakeHub:
 
     @property
     def port(self) -> int:
+        if self._host is not self:
+            return self._host.port
         if self._server is None:
             raise RuntimeError("FakeHub is not running")
         return self._server.server_address[1]
@@ -429,26 +445,27 @@ class FakeHub:
         if parts[0] == "api":
             if parts[1:2] == ["resolve-cache"] and len(parts) >= 7 and read:
                 # /api/resolve-cache/{kind}/{namespace}/{name}/{commit}/{path}
-                self._repo(parts[2], parts[3:5], headers)
-                return self._serve_file(_repo_path(parts[6:]), self._revision(unquote(parts[5])), headers)
+                repo = self._repo(parts[2], parts[3:5], headers)
+                return repo._serve_file(_repo_path(parts[6:]), repo._revision(unquote(parts[5])), headers)
             if len(parts) >= 4 and parts[1] in ("models", "datasets", "spaces"):
-                self._repo(parts[1], parts[2:4], headers)
-                return self._api(method, parts[4:], query, headers, body)
+                return self._repo(parts[1], parts[2:4], headers)._api(method, parts[4:], query, headers, body)
         elif read:
             # /{namespace}/{name}/resolve/... for models, /{datasets|spaces}/{namespace}/{name}/resolve/... otherwise
             offset = 1 if parts[0] in ("datasets", "spaces") else 0
             if len(parts) >= offset + 5 and parts[offset + 2] == "resolve":
-                self._repo(parts[0] if offset else "models", parts[offset:offset + 2], headers)
-                sha = self._revision(unquote(parts[offset + 3]))
-                return self._resolve(_repo_path(parts[offset + 4:]), sha, headers)
+                repo = self._repo(parts[0] if offset else "models", parts[offset:offset + 2], headers)
+                sha = repo._revision(unquote(parts[offset + 3]))
+                return repo._resolve(_repo_path(parts[offset + 4:]), sha, headers)
         raise _error(404, "Sorry, we can't find the page you are looking for.")
 
-    def _repo(self, kind: str, id_parts: list[str], headers: Mapping[str, str]) -> None:
-        repo_id = "/".join(unquote(p) for p in id_parts)
-        if not self.repo_exists or kind != f"{self.repo_type}s" or repo_id != self.repo_id:
+    def _repo(self, kind: str, id_parts: list[str], headers: Mapping[str, str]) -> FakeHub:
+        """The repository the path names (this one, or one added with :meth:`add_repo`)."""
+        repo = self._repos.get("/".join(unquote(p) for p in id_parts))
+        if repo is None or not repo.repo_exists or kind != f"{self.repo_type}s":
             # Anonymous callers get 401 for missing and private repos alike, as on the real Hub.
             status = 404 if "authorization" in headers else 401
             raise _error(status, "Repository not found", "RepoNotFound")
+        return repo
 
     def _revision(self, revision: str) -> str:
         """Commit sha of a branch name or of the commit itself; anything else is an unknown revision."""
@@ -611,13 +628,16 @@ class FakeHub:
         return self._content(path, entry, headers, {"X-Repo-Commit": sha, "ETag": f'"{entry.oid}"'})
 
     def _serve_cdn(self, sha256: str, headers: Mapping[str, str]) -> _Response:
-        with self._lock:
-            path = self._lfs_objects.get(sha256)
-        if path is None or not (self.root / path).is_file():
+        for repo in self._repos.values():
+            with repo._lock:
+                path = repo._lfs_objects.get(sha256)
+            if path is not None and (repo.root / path).is_file():
+                break
+        else:
             return _Response(404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>")
-        entry = self._entry(path)
+        entry = repo._entry(path)
         name = Path(path).name
-        return self._content(path, entry, headers, {
+        return repo._content(path, entry, headers, {
             "ETag": f'"{entry.sha256}"',
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}; filename=\"{name}\"",
         })

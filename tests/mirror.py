@@ -227,3 +227,91 @@ def build_mirror(
     )
     (root / "README.md").write_text(readme)
     return root
+
+
+# -- other Hub datasets: Cosmopedia v0.1 and generic repositories ---------------------------------
+
+COSMOPEDIA_CONFIGS = ("auto_math_text", "khanacademy", "openstax", "stanford", "stories", "web_samples_v1",
+                      "web_samples_v2", "wikihow")
+COSMOPEDIA_SCHEMA = pa.schema([
+    ("prompt", pa.string()), ("text", pa.string()), ("text_token_length", pa.int64()),
+    ("format", pa.string()), ("audience", pa.string()), ("seed_data", pa.string()),
+])
+_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64"}
+
+
+def cosmopedia_rows(config: str, start: int, stop: int) -> pa.Table:
+    """Rows shaped like Cosmopedia v0.1's published files (the token count is ``text_token_length``)."""
+    idx = range(start, stop)
+    texts = [text_for(f"cosmopedia/{config}", i) for i in idx]
+    return pa.table({
+        "prompt": [f"  Write a {config} piece about topic {i}.\n" for i in idx],
+        "text": texts,
+        "text_token_length": [len(t) // 4 for t in texts],
+        "format": [("textbook", "story", "wikihow")[i % 3] for i in idx],
+        "audience": [("college_students", "young_children", "general")[i % 3] for i in idx],
+        "seed_data": [config] * len(texts),
+    }, schema=COSMOPEDIA_SCHEMA)
+
+
+def build_repo(
+    root: Path,
+    configs: dict[str, dict[str, list[pa.Table]]],
+    *,
+    folder: Callable[[str], str] = lambda config: f"data/{config}",
+    dataset_info: bool = True,
+    suffix: str = "parquet",
+) -> Path:
+    """Write a Hub-style dataset repository under ``root``: ``configs`` maps each config to its splits, each
+    split to the tables of its files, written as ``<folder(config)>/<split>-NNNNN-of-NNNNN.<suffix>``
+    (``parquet``, or ``jsonl``, one JSON object a line); README front matter declares the configs
+    (and, with ``dataset_info``, their features and row counts, as the Hub's parquet repositories do).
+    """
+    import json
+
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    infos, declared = [], []
+    for config, splits in configs.items():
+        data_files, split_infos, schema = [], [], None
+        for split, tables in splits.items():
+            for k, table in enumerate(tables):
+                path = root / folder(config) / f"{split}-{k:05d}-of-{len(tables):05d}.{suffix}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if suffix == "parquet":
+                    pq.write_table(table, path, row_group_size=16)
+                else:
+                    path.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+                schema = table.schema
+            data_files.append({"split": split, "path": f"{folder(config)}/{split}-*"})
+            split_infos.append({"name": split, "num_examples": sum(t.num_rows for t in tables)})
+        declared.append({"config_name": config, "data_files": data_files})
+        features = [{"name": f.name, "dtype": _DTYPES[f.type]} for f in schema]
+        infos.append({"config_name": config, "features": features, "splits": split_infos})
+    front = {"license": "odc-by", **({"dataset_info": infos} if dataset_info else {}), "configs": declared}
+    (root / "README.md").write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# A dataset\n")
+    return root
+
+
+def build_cosmopedia(root: Path, rows: int = 40) -> Path:
+    """Cosmopedia v0.1 in miniature: its eight configs, ``data/<config>/train-*.parquet``, two files for some."""
+    return build_repo(root, {
+        config: {"train": [cosmopedia_rows(config, 0, rows), cosmopedia_rows(config, rows, rows + 7 * k)][: 1 + k % 2]}
+        for k, config in enumerate(COSMOPEDIA_CONFIGS)
+    })
+
+
+def build_cosmopedia_100k(root: Path, rows: int = 150) -> Path:
+    """The 100k-row sample in miniature: one ``default`` config over ``data/train-*.parquet``."""
+    return build_repo(root, {"default": {"train": [cosmopedia_rows("sample", 0, rows)]}}, folder=lambda c: "data")
+
+
+def generic_rows(tag: str, start: int, stop: int, text: bool = True) -> pa.Table:
+    """Rows of a generic dataset: a ``text`` column (or a question and answer without one) and a score."""
+    idx = range(start, stop)
+    if text:
+        return pa.table({"id": [f"{tag}-{i}" for i in idx], "text": [text_for(tag, i) for i in idx],
+                         "score": [i / 10 for i in idx]})
+    return pa.table({"question": [f"What is {i} plus {i}? ({tag})" for i in idx],
+                     "answer": [str(2 * i) for i in idx]})

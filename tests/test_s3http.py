@@ -1,20 +1,27 @@
-"""The urllib3 S3 client sends what boto3 would: its URL, and a signature equal to botocore's own."""
+"""The urllib3 S3 client sends what boto3 would: its URL, and requests S3 accepts as signed by those credentials."""
 
 from __future__ import annotations
 
 import datetime
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-import botocore.auth
+import boto3
 import botocore.session
 import pytest
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.credentials import Credentials
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import ClientError
+from moto.core import enable_iam_authentication
 
+from s3servers import CREDENTIALS, moto_server, put_blobs
 from smollm_corpus.s3http import LeanGet, lean_get
 
-KEY = "content/" + "ab" * 20
-NOW = datetime.datetime(2026, 11, 22, 9, 30, 5, tzinfo=datetime.timezone.utc)
+BUCKET = "s3http-signed"
+BLOB = "ab" * 20
+TEXT = b"print('signed')\n"
 
 
 @pytest.fixture(autouse=True)
@@ -49,20 +56,73 @@ def test_requests_go_where_boto3_sends_them_and_nothing_is_sent_to_find_out(endp
     assert get._region == region and get._service == "s3"
 
 
-@pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:9000"])
-@pytest.mark.parametrize("token", [None, "session-token/with+odd=chars"])
-def test_signature_is_the_one_botocore_computes(monkeypatch, endpoint, token):
-    get = lean(endpoint)
-    get._credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
-    path = get._prefix + KEY
-    ours = get.sign(path, NOW)
+@dataclass(frozen=True)
+class SignedS3:
+    """A moto S3 that checks every signature, and the credentials it knows."""
 
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: NOW.replace(tzinfo=None))
-    request = AWSRequest(method="GET", url=get.endpoint + path, headers={"X-Amz-Content-SHA256": get._payload})
-    botocore.auth.S3SigV4Auth(get._credentials, "s3", "us-east-1").add_auth(request)
-    assert ours["Authorization"] == request.headers["Authorization"]
-    assert ours["x-amz-date"] == request.headers["X-Amz-Date"] == "20261122T093005Z"
-    assert ours.get("x-amz-security-token") == request.headers.get("X-Amz-Security-Token")
+    endpoint: str
+    user: dict[str, str]  # an IAM user's long-term key
+    role: dict[str, str]  # temporary credentials of an assumed role, with a session token
+
+
+@pytest.fixture(scope="module")
+def signed_s3() -> Iterator[SignedS3]:
+    read = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/*"}]})
+    with moto_server() as endpoint:
+        put_blobs(endpoint, BUCKET, {BLOB: TEXT})
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", **CREDENTIALS)
+        iam.create_user(UserName="s3http-reader")
+        iam.put_user_policy(UserName="s3http-reader", PolicyName="read", PolicyDocument=read)
+        key = iam.create_access_key(UserName="s3http-reader")["AccessKey"]
+        trust = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+        role = iam.create_role(RoleName="s3http-reader", AssumeRolePolicyDocument=trust)["Role"]
+        iam.put_role_policy(RoleName="s3http-reader", PolicyName="read", PolicyDocument=read)
+        sts = boto3.client("sts", endpoint_url=endpoint, region_name="us-east-1", **CREDENTIALS)
+        temporary = sts.assume_role(RoleArn=role["Arn"], RoleSessionName="s3http")["Credentials"]
+        yield SignedS3(
+            endpoint,
+            {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]},
+            {"AWS_ACCESS_KEY_ID": temporary["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": temporary["SecretAccessKey"],
+             "AWS_SESSION_TOKEN": temporary["SessionToken"]},
+        )
+
+
+def signature_error(get: LeanGet) -> str:
+    with enable_iam_authentication(), pytest.raises(ClientError) as raised:
+        get.get("content/" + BLOB)
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    return raised.value.response["Error"]["Code"]
+
+
+@pytest.mark.parametrize("kind", ["user", "role"])
+def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(monkeypatch, signed_s3: SignedS3, kind: str):
+    for name, value in getattr(signed_s3, kind).items():
+        monkeypatch.setenv(name, value)
+    get = lean(signed_s3.endpoint, bucket=BUCKET)
+    with enable_iam_authentication():
+        assert gzip.decompress(get.get("content/" + BLOB)) == TEXT
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert signature_error(lean(signed_s3.endpoint, bucket=BUCKET)) == "SignatureDoesNotMatch"
+
+
+def test_credentials_are_read_at_each_request_so_refreshed_ones_sign_the_next(signed_s3: SignedS3):
+    current = {"access_key": signed_s3.user["AWS_ACCESS_KEY_ID"], "secret_key": signed_s3.user["AWS_SECRET_ACCESS_KEY"],
+               "token": None}
+
+    def refresh() -> dict[str, str | None]:
+        # always about to expire: botocore refreshes them whenever they are read
+        soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1)
+        return {**current, "expiry_time": soon.isoformat()}
+
+    credentials = RefreshableCredentials.create_from_metadata(refresh(), refresh, "test")
+    get = lean_get(client(signed_s3.endpoint)[1], credentials, BUCKET, 4, 1.0, 1.0)
+    with enable_iam_authentication():
+        assert gzip.decompress(get.get("content/" + BLOB)) == TEXT
+    current["secret_key"] = "rotated-away"
+    assert signature_error(get) == "SignatureDoesNotMatch"
 
 
 def test_unsigned_requests_carry_no_signature():

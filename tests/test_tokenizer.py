@@ -13,6 +13,7 @@ from tokenizers import AddedToken, Tokenizer as FastTokenizer, decoders, models,
 
 from fakehub import FakeHub, fake_hub_env
 from smollm_corpus import source
+from smollm_corpus import tokenizer as tokenizer_module
 from smollm_corpus.errors import SourceError, UsageError
 from smollm_corpus.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
 
@@ -202,6 +203,14 @@ def test_each_document_gets_one_end_of_text_token_before_or_after_it(tokenizer, 
         assert piece[0 if eot == "before" else -1] == tokenizer.eot_id
         body = piece[1:] if eot == "before" else piece[:-1]
         assert body.tolist() == fast.encode(doc, add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize("eot", ["before", "after"])
+def test_a_chunk_encoded_a_slice_at_a_time_gives_the_same_tokens(tokenizer, monkeypatch, eot):
+    whole = tokenizer.encode_documents(VARIED * 3, eot)
+    monkeypatch.setattr(tokenizer_module, "SLICE_CHARS", 100)
+    sliced = tokenizer.encode_documents(VARIED * 3, eot)
+    assert np.array_equal(whole[0], sliced[0]) and np.array_equal(whole[1], sliced[1])
 
 
 def test_no_documents_give_no_tokens(tokenizer):

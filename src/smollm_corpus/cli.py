@@ -13,10 +13,10 @@ import time
 import click
 
 from . import __version__
-from .errors import SmollmCorpusError, UsageError
+from .errors import SmollmCorpusError
 from .formats import FORMATS
 from .pipeline import FetchResult, Progress, configs_of, fetch
-from .subsets import COSMOPEDIA, COSMOPEDIA_CONFIGS, FAMILIES, HUB_PRESETS, SUBSETS, DatasetSpec, get_subset
+from .subsets import COSMOPEDIA, COSMOPEDIA_CONFIGS, HUB_PRESETS, SUBSETS, DatasetSpec, get_subset
 
 class Quantity(click.ParamType):
     """A number with an optional unit letter: ``Size`` (500M, 2G: powers of 1024) or ``Count`` (100M, 2.5B)."""
@@ -164,8 +164,6 @@ def fetch_command(names, all_subsets, all_configs, out_dir, source_repo, quiet, 
         if all_configs:
             names = [n for name in names for n in configs_of(name, source_repo, options["revision"])]
         for name in names:
-            if name in FAMILIES:
-                raise UsageError(f"{name} stands for {', '.join(FAMILIES[name])}; name one, or add --all-configs")
             get_subset(name)
     except SmollmCorpusError as e:
         click.echo(f"error: {e}", err=True)

@@ -31,7 +31,6 @@ import botocore.exceptions
 import botocore.session
 from botocore import UNSIGNED
 from botocore.config import Config
-from botocore.parsers import ResponseParserFactory, RestXMLParser
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -313,30 +312,9 @@ class Hydrator:
         )
 
 
-class _BodyOnlyParser(RestXMLParser):
-    """S3's response parser, less the response headers: only the body of a GetObject is used.
-
-    A GetObject answer's model has about 50 header members (ETag, Metadata, ...), each looked up
-    in botocore's case-insensitive header dict: measured at a quarter of the CPU of a request.
-    Status, error code and message are parsed elsewhere and stay as they are.
-    """
-
-    def _parse_non_payload_attrs(self, response, shape, member_shapes, final_parsed) -> None:
-        return None
-
-
-class _Parsers(ResponseParserFactory):
-    def create_parser(self, protocol_name: str):
-        if protocol_name == "rest-xml":
-            return _BodyOnlyParser(**self._defaults)
-        return super().create_parser(protocol_name)
-
-
 def _make_client(session: botocore.session.Session, options: S3Options, threads: int) -> botocore.client.BaseClient:
-    parsers = _Parsers()
     # LastModified is never used: skip the dateutil parse botocore does on every response
-    parsers.set_parser_defaults(timestamp_parser=str)
-    session.register_component("response_parser_factory", parsers)
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
     config = Config(
         region_name=options.region,
         signature_version=UNSIGNED if options.unsigned else None,

@@ -18,7 +18,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -195,6 +195,8 @@ def fetch(
     layout = tokens.layout(spec.prefix) if tokens else None
 
     previous = None if overwrite else Manifest.load(manifest_path)
+    if previous is not None and previous.options["split"] is None:
+        previous.options["split"] = "train"  # recorded before --split existed, when every fetch read train
     changed = previous.differences(options) if previous is not None else []
     if previous is not None and previous.complete and not changed:
         if tokens:
@@ -212,7 +214,8 @@ def fetch(
 
     if spec.hydrated and workers is not None:
         num_proc = min(num_proc, workers)  # each process keeps at least one request in flight
-    threads = arrow_only(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes, spec.hydrated)
+    threads = arrow_only(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes,
+                         spec.hydrated or decontaminator is not None)
     with WorkerPool(num_proc, threads) as pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, spec.config, pinned or revision, split)
@@ -251,8 +254,7 @@ def fetch(
             total = src.num_rows if limit is None else limit if src.num_rows is None else min(limit, src.num_rows)
             if tokens:
                 max_bytes = None if max_tokens is None else max_tokens * tokens.itemsize  # the stream's bytes are ids
-            # Run names the token shards after spec.name, which must then be one file-name component
-            run = Run(replace(spec, name=spec.prefix), src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode(),
+            run = Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode(),
                        tokens, total)
             requests = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
             stages = tuple(stage for stage in (row_filter, s3 and Hydrate(s3, requests),

@@ -21,7 +21,7 @@ from .errors import SmollmCorpusError, writing
 from .manifest import Manifest
 from .output import Output
 from .stats import Stats
-from .subsets import Subset
+from .subsets import DatasetSpec
 from .worker import Chunk, Job, WorkerPool
 
 log = logging.getLogger("smollm_corpus")
@@ -48,7 +48,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 class Run:
     """One run: chunks go to the workers, finished parts are appended in order and checkpointed."""
 
-    def __init__(self, spec: Subset, src: source.Source, manifest: Manifest, manifest_path: Path, folder: Path,
+    def __init__(self, spec: DatasetSpec, src: source.Source, manifest: Manifest, manifest_path: Path, folder: Path,
                  output: Path, partial: Path, limit: int | None, max_bytes: int | None, separator: bytes,
                  tokens: formats.TokenOutput | None, rows_to_read: int | None) -> None:
         self.spec, self.src, self.manifest, self.manifest_path = spec, src, manifest, manifest_path
@@ -76,7 +76,7 @@ class Run:
         ahead = 1 if self.limit is not None else min(pool.size, DOWNLOADS_AHEAD)
         downloads = source.Downloads(self.staging_dir, ahead)
         if self.tokens:
-            out = shards.TokenFiles(self.folder, self.tokens.layout(self.spec.name), self.manifest, self.manifest_path,
+            out = shards.TokenFiles(self.folder, self.tokens.layout(self.spec.prefix), self.manifest, self.manifest_path,
                                     self.tokens.tokenizer.vocab_size)
         else:
             out = Output(self.partial, self.manifest, self.manifest_path)

@@ -4,8 +4,9 @@ boto3 spends about a millisecond of CPU on each GetObject (endpoint rules, signi
 generic request model, event hooks, response parsing); fetching python-edu is millions of tiny
 GETs, so that is what bounds a process. :class:`LeanGet` asks the boto3 client once what it
 would send (the URL, from its endpoint rules, region and addressing style, and whether and
-where it signs), then builds each request from that: SigV4 with the client's own credentials
-(refreshed as boto3 refreshes them), over a urllib3 connection pool with botocore's CA bundle.
+where it signs), then builds each request from that: signed by botocore's own S3 SigV4 signer
+with the client's credentials (refreshed as boto3 refreshes them), and sent over a urllib3
+connection pool with botocore's CA bundle.
 
 Failures are raised as the botocore exceptions boto3 would raise (``ClientError`` with S3's
 error code and HTTP status, ``EndpointConnectionError``, ``HTTPClientError``), so the hydrator
@@ -16,23 +17,21 @@ in use.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import hmac
 import re
-import threading
 import urllib.request
 from urllib.parse import urlsplit
 
 import botocore.client
 import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, HTTPClientError
 from botocore.httpsession import get_cert_path
 
 _SCOPE = re.compile(r"^AWS4-HMAC-SHA256 Credential=[^/]+/\d{8}/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,")
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
-_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _PROBE_KEY = "content/" + "0" * 40
 
 
@@ -60,11 +59,10 @@ def lean_get(client: botocore.client.BaseClient, credentials, bucket: str, threa
         return None  # botocore sends through the proxy (with its own settings); this client does not
     if not url.path.endswith("/" + _PROBE_KEY) or url.query or (scope and credentials is None):
         return None
-    payload = request.headers.get("X-Amz-Content-SHA256", _EMPTY_SHA256)
     return LeanGet(
         scheme=url.scheme, netloc=url.netloc, prefix=url.path[: -len(_PROBE_KEY)],
         region=scope.group("region") if scope else None, service=scope.group("service") if scope else None,
-        credentials=credentials if scope else None, payload=payload.decode() if isinstance(payload, bytes) else payload,
+        credentials=credentials if scope else None, config=client.meta.config,
         threads=threads, connect_timeout=connect_timeout, read_timeout=read_timeout,
     )
 
@@ -90,18 +88,20 @@ class LeanGet:
     """GETs of ``<prefix><key>`` at one endpoint, SigV4-signed when ``credentials`` are given; thread-safe."""
 
     def __init__(self, *, scheme: str, netloc: str, prefix: str, region: str | None, service: str | None,
-                 credentials, payload: str, threads: int, connect_timeout: float, read_timeout: float) -> None:
+                 credentials, config: Config, threads: int, connect_timeout: float,
+                 read_timeout: float) -> None:
         self.endpoint = f"{scheme}://{netloc}"
         self._prefix, self._host = prefix, netloc
         self._region, self._service, self._credentials = region, service, credentials
-        self._payload = payload  # x-amz-content-sha256, as boto3 sets it for a GET
+        self._config = config  # the signer reads the client's S3 settings (payload signing) from it
         timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": get_cert_path(True)} if scheme == "https" else {}
+        # no retries here (the hydrator retries, per request); as a Retry, which urlopen would
+        # otherwise build from False on every request
         self._pool = urllib3.connection_from_url(
-            self.endpoint, maxsize=threads, block=True, retries=False, timeout=timeout, **tls
+            self.endpoint, maxsize=threads, block=True, retries=urllib3.Retry(total=False, redirect=False),
+            timeout=timeout, **tls
         )
-        self._keys: dict[tuple[str, str], bytes] = {}
-        self._lock = threading.Lock()
 
     def get(self, key: str) -> bytes:
         """The body of ``key``, as stored (no content decoding).
@@ -112,7 +112,7 @@ class LeanGet:
             HTTPClientError: the connection failed or timed out after it was made.
         """
         path = self._prefix + key
-        headers = self.sign(path) if self._credentials is not None else {}
+        headers = self._signed(path) if self._credentials is not None else {}
         try:
             response = self._pool.urlopen("GET", path, headers=headers, decode_content=False, preload_content=True,
                                           redirect=False, assert_same_host=False)
@@ -130,34 +130,14 @@ class LeanGet:
             "ResponseMetadata": {"HTTPStatusCode": response.status},
         }, "GetObject")
 
-    def sign(self, path: str, now: datetime.datetime | None = None) -> dict[str, str]:
-        """The headers of a SigV4-signed GET of ``path`` (already URL-safe: S3 keys here are hex)."""
-        frozen = self._credentials.get_frozen_credentials()
-        now = now or datetime.datetime.now(datetime.timezone.utc)
-        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-        headers = {"host": self._host, "x-amz-content-sha256": self._payload, "x-amz-date": stamp}
-        if frozen.token:
-            headers["x-amz-security-token"] = frozen.token
-        names = ";".join(headers)
-        canonical = "\n".join(["GET", path, "", *(f"{k}:{v}" for k, v in headers.items()), "", names, self._payload])
-        scope = f"{day}/{self._region}/{self._service}/aws4_request"
-        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(frozen.secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["Authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={frozen.access_key}/{scope}, SignedHeaders={names}, Signature={signature}"
-        )
-        del headers["host"]  # urllib3 sends it, the same
-        return headers
-
-    def _signing_key(self, secret: str, day: str) -> bytes:
-        key = self._keys.get((secret, day))
-        if key is None:
-            key = ("AWS4" + secret).encode()
-            for part in (day, self._region, self._service, "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            with self._lock:
-                self._keys = {(secret, day): key}  # one day's key at a time
-        return key
+    def _signed(self, path: str) -> dict[str, str]:
+        """The headers of a GET of ``path`` signed by botocore, with credentials as they are now."""
+        # Host is given, not left to urllib3: what is signed is then what is sent, and botocore
+        # does not parse the URL again to find it (a quarter of its signing time).
+        request = AWSRequest(method="GET", url=self.endpoint + path, headers={"Host": self._host})
+        request.context["client_config"] = self._config
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), self._service, self._region).add_auth(request)
+        return dict(request.headers.items())
 
     def close(self) -> None:
         self._pool.close()

@@ -1,4 +1,4 @@
-"""Loading: resolve a subset's parquet files on the Hub (or in a local mirror) and bring them to disk.
+"""Loading: resolve a dataset's parquet files on the Hub (or in a local mirror) and bring them to disk.
 
 Config, data files, schema and sizes come from ``datasets`` (the repository's README front
 matter, exactly as ``load_dataset`` reads it). Files are then read one at a time with
@@ -25,7 +25,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SourceError
+from .errors import SmollmCorpusError, SourceError, UsageError
 from .signals import block_in_this_thread
 
 _HF_URL = re.compile(r"^hf://datasets/(?P<repo>.+?)@(?P<revision>[^/]+)/(?P<path>.+)$")
@@ -33,11 +33,12 @@ _HF_URL = re.compile(r"^hf://datasets/(?P<repo>.+?)@(?P<revision>[^/]+)/(?P<path
 RETRY_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 1.0
 T = TypeVar("T")
+_LAID_OUT = "expected a folder laid out like the Hub repository: "
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One parquet file of a subset, in dataset order."""
+    """One parquet file of a dataset, in dataset order."""
 
     index: int
     name: str  # path inside the repository, e.g. "python-edu/train-00000-of-00002.parquet"
@@ -46,7 +47,7 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class Source:
-    """A subset resolved to its files."""
+    """A dataset's config and split resolved to its files."""
 
     repo: str  # Hub dataset id or local directory, as given
     commit: str | None  # the commit the Hub resolved the revision to; None for a local directory
@@ -55,62 +56,119 @@ class Source:
     num_rows: int | None  # from the dataset's metadata, where it declares it
 
 
-def resolve(repo: str, subset: str, revision: str | None = None) -> Source:
-    """Find the parquet files, schema and row count of ``subset`` without downloading any data.
+def resolve(repo: str, config: str, revision: str | None = None, split: str = "train") -> Source:
+    """Find the parquet files, schema and row count of ``split`` of ``config`` without downloading any data.
 
     Raises:
-        SourceError: the directory or repository cannot be read, or holds no such subset.
+        SourceError: the directory or repository cannot be read, holds no such config, or its data
+            files are not parquet.
+        UsageError: the config has no such split.
     """
+    local = _local_root(repo)
+    if local is not None:
+        return _resolve_local(local, config, split, repo)
+    return _with_retries(lambda: _resolve_hub(repo, config, split, revision), f"the Hub repository {repo}")
+
+
+def config_names(repo: str, revision: str | None = None) -> list[str]:
+    """The configs ``repo`` (a Hub dataset id or a local folder laid out like one) declares, as ``load_dataset`` sees them.
+
+    Raises:
+        SourceError: the directory or repository cannot be read.
+    """
+    import datasets
+
+    local = _local_root(repo)
+    if local is not None:
+        _check_folder(local, repo)
+        return _reading(lambda: datasets.get_dataset_config_names(str(local.resolve())), repo)
+
+    def hub() -> list[str]:
+        from huggingface_hub import HfApi
+
+        commit = HfApi().dataset_info(repo, revision=revision).sha  # pinned: datasets asks nothing else then
+        return _reading(lambda: datasets.get_dataset_config_names(repo, revision=commit), repo)
+
+    return _with_retries(hub, f"the Hub repository {repo}")
+
+
+def _local_root(repo: str) -> Path | None:
     local = Path(repo).expanduser()
-    if local.exists() or repo.startswith((".", "/", "~")):
-        return _resolve_local(local, subset, repo)
-    return _with_retries(lambda: _resolve_hub(repo, subset, revision), f"the Hub repository {repo}")
+    return local if local.exists() or repo.startswith((".", "/", "~")) else None
 
 
-def _resolve_local(root: Path, subset: str, given: str) -> Source:
-    expected = (
-        f"expected a folder laid out like the Hub repository: README.md whose front matter "
-        f"declares the config {subset!r}, and {subset}/train-*.parquet"
-    )
+def _check_folder(root: Path, given: str, expected: str = _LAID_OUT + "README.md and its data files") -> None:
     if not root.is_dir():
         raise SourceError(f"source folder {given} does not exist; {expected}, or a Hub dataset id")
     if not (root / "README.md").is_file():
         raise SourceError(f"source folder {given} has no README.md; {expected}")
-    builder = _builder(str(root.resolve()), subset, None, given)
-    files = _data_files(builder, subset, given)
+
+
+def _resolve_local(root: Path, config: str, split: str, given: str) -> Source:
+    expected = f"{_LAID_OUT}README.md whose front matter declares the config {config!r}, and its parquet files"
+    _check_folder(root, given, expected)
+    builder = _builder(str(root.resolve()), config, None, given)
+    files = _data_files(builder, config, split, given)
     missing = [f for f in files if not os.path.exists(f)]
     if not files or missing:
-        raise SourceError(f"source folder {given} has no parquet files for {subset}; {expected}")
-    return Source(given, None, _source_files(files, root), _schema(builder, files[0]), _rows(builder))
+        raise SourceError(f"source folder {given} has no parquet files for {config}; {expected}")
+    return Source(given, None, _source_files(files, root), _schema(builder, files[0]), _rows(builder, split))
 
 
-def _resolve_hub(repo: str, subset: str, revision: str | None) -> Source:
+def _resolve_hub(repo: str, config: str, split: str, revision: str | None) -> Source:
     from huggingface_hub import HfApi
 
     commit = HfApi().dataset_info(repo, revision=revision).sha
-    builder = _builder(repo, subset, commit, repo)
-    files = _data_files(builder, subset, repo)
+    builder = _builder(repo, config, commit, repo)
+    files = _data_files(builder, config, split, repo)
     if not files:
-        raise SourceError(f"{repo} at {revision or 'main'} has no data files for {subset}")
-    return Source(repo, commit, _source_files(files, None), _schema(builder, files[0]), _rows(builder))
+        raise SourceError(f"{repo} at {revision or 'main'} has no data files for {config}")
+    return Source(repo, commit, _source_files(files, None), _schema(builder, files[0]), _rows(builder, split))
 
 
-def _builder(path: str, subset: str, revision: str | None, given: str):  # -> datasets.DatasetBuilder
+def _builder(path: str, config: str, revision: str | None, given: str):  # -> datasets.DatasetBuilder
     import datasets
 
     try:
-        return datasets.load_dataset_builder(path, subset, revision=revision)
+        return _reading(lambda: datasets.load_dataset_builder(path, config, revision=revision), given)
     except ValueError as e:
         if "BuilderConfig" in str(e) or "config" in str(e).lower():
-            raise SourceError(f"{given} declares no config {subset!r}: {e}") from None
+            raise SourceError(f"{given} declares no config {config!r}: {e}") from None
         raise
 
 
-def _data_files(builder, subset: str, given: str) -> list[str]:
+def _reading(call: Callable[[], T], given: str) -> T:
+    """Run a ``datasets`` call on ``given``, naming a loading script (which ``datasets`` no longer runs) as such."""
+    try:
+        return call()
+    except RuntimeError as e:
+        if "script" not in str(e).lower():
+            raise
+        raise SourceError(
+            f"{given} is defined by a loading script, not by parquet data files ({e}); smollm-corpus reads "
+            "parquet files only: convert the dataset to parquet in a folder laid out like the repository "
+            "and pass that folder as --source"
+        ) from None
+
+
+def _data_files(builder, config: str, split: str, given: str) -> list[str]:
     data_files = builder.config.data_files or {}
-    if "train" not in data_files:
-        raise SourceError(f"{given} declares no train split for {subset}")
-    return sorted(data_files["train"], key=lambda f: _repo_path(f))
+    if split not in data_files:
+        if not data_files:
+            raise SourceError(f"{given} declares no data files for {config}")
+        raise UsageError(
+            f"{given} config {config!r} has no split {split!r}; its splits: {', '.join(data_files)}; "
+            "choose one with --split"
+        )
+    files = sorted(data_files[split], key=lambda f: _repo_path(f))
+    others = [_repo_path(f) for f in files if not _repo_path(f).endswith(".parquet")]
+    if others:
+        raise SourceError(
+            f"{given} config {config!r} holds {builder.name} data files, not parquet (e.g. {others[0]}); "
+            "smollm-corpus reads parquet files only: convert them to parquet in a folder laid out like the "
+            "repository and pass that folder as --source"
+        )
+    return files
 
 
 def _repo_path(location: str) -> str:
@@ -135,9 +193,9 @@ def _schema(builder, first_file: str) -> pa.Schema:
         return pq.read_schema(f)
 
 
-def _rows(builder) -> int | None:
+def _rows(builder, split: str) -> int | None:
     splits = builder.info.splits or {}
-    return splits["train"].num_examples if "train" in splits else None
+    return splits[split].num_examples if split in splits else None
 
 
 @contextlib.contextmanager
@@ -242,7 +300,7 @@ def _with_retries(call: Callable[[], T], what: str) -> T:
     for attempt in range(RETRY_ATTEMPTS):
         try:
             return call()
-        except SourceError:
+        except SmollmCorpusError:
             raise
         except Exception as e:  # noqa: BLE001 - classified below, re-raised as SourceError
             transient, message = describe_hub_error(e, what)

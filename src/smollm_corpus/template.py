@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import UsageError
-from .subsets import Preset, Subset
+from .subsets import DatasetSpec, Preset
 
 _ESCAPE = re.compile(r"\\([nt\\])")
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -106,8 +106,8 @@ def parse(text: str, *, strip: bool = False) -> Template:
     return Template(text, tuple(literals), tuple(fields), strip)
 
 
-def resolve(subset: Subset, template: str | None, schema: pa.Schema) -> tuple[Template, Preset | None]:
-    """The template for ``subset``: a preset name or a template string, checked against ``schema``.
+def resolve(subset: DatasetSpec, template: str | None, schema: pa.Schema) -> tuple[Template, Preset | None]:
+    """The template for ``subset``: a preset name or a template string (None: the ``text`` preset), checked against ``schema``.
 
     Returns the template and the preset it came from (None for a custom string).
 
@@ -117,6 +117,12 @@ def resolve(subset: Subset, template: str | None, schema: pa.Schema) -> tuple[Te
     preset = subset.presets.get(template or "text")
     parsed = parse(preset.template, strip=preset.strip) if preset else parse(unescape(template or ""))
     for path in parsed.fields:
+        if not _has_path(schema, path) and template is None:
+            raise UsageError(
+                f"{subset.name} has no {{{'.'.join(path)}}} column for the default template; pass --template "
+                f"with placeholders for the columns to write, e.g. --template '{{{schema.names[0]}}}'; "
+                f"columns: {', '.join(column_paths(schema))}"
+            )
         if not _has_path(schema, path):
             raise UsageError(
                 f"template placeholder {{{'.'.join(path)}}} names no column of {subset.name}; "

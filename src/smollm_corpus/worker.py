@@ -71,13 +71,14 @@ class Job:
     batch_rows: int = 1024  # rows read at a time
 
 
-def arrow_only(template: Template, format: str, max_bytes: int | None, hydrated: bool) -> bool:
+def arrow_only(template: Template, format: str, max_bytes: int | None, python_stages: bool) -> bool:
     """Whether every chunk of such a job is Arrow's work alone, so that threads can share it without the GIL.
 
     Judged before the schema is known: a placeholder that turns out not to be a string column is
-    rendered in Python, which is correct, only slower in threads.
+    rendered in Python, which is correct, only slower in threads. ``python_stages``: a stage holds the
+    GIL (S3 requests, decontamination); row filters are Arrow's.
     """
-    plain = format == "txt" and not (max_bytes or hydrated or template.strip)
+    plain = format == "txt" and not (max_bytes or python_stages or template.strip)
     return plain and template.literals == ("", "") and len(template.fields) == 1
 
 
