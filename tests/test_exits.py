@@ -100,3 +100,17 @@ def _wait_for_checkpoint(out: Path, proc: subprocess.Popen) -> None:
             pass
         time.sleep(0.02)
     pytest.fail("the run ended or stalled before its first checkpoint")
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4])
+def test_ctrl_c_while_the_tool_loads_is_one_message(mirror, tmp_path, delay):
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([CLI, "fetch", SUBSET, "--source", str(mirror), "-o", str(tmp_path)], stderr=f)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    text = log.read_text()
+    assert code in (0, 130), text
+    assert code == 0 or "interrupted" in text
+    assert_clean(text)

@@ -11,7 +11,7 @@ import pytest
 from smollm_corpus import fetch, signals, template as templates
 from smollm_corpus.source import SourceFile
 from smollm_corpus.subsets import get_subset
-from smollm_corpus.worker import Chunk, Job, Stopped, WorkerPool, arrow_only, run_chunk
+from smollm_corpus.worker import Chunk, Job, Stopped, WorkerPool, in_threads, run_chunk
 
 
 def parsed(subset: str, template: str | None = None) -> templates.Template:
@@ -27,12 +27,13 @@ def parsed(subset: str, template: str | None = None) -> templates.Template:
     ("fineweb-edu-dedup", "nanogpt", "txt", None, False),  # strips each value in Python
     ("fineweb-edu-dedup", "#T:\n{text}", "txt", None, False),
     ("fineweb-edu-dedup", None, "jsonl", None, False),
-    ("fineweb-edu-dedup", None, "bin", None, False),  # tokenizing
+    ("fineweb-edu-dedup", "nanogpt", "bin", None, True),  # tokenizing lets go of the GIL
+    ("fineweb-edu-dedup", None, "jsonl", 1000, False),
     ("fineweb-edu-dedup", None, "txt", 1000, False),
     ("python-edu", None, "txt", None, False),  # S3 requests
 ])
-def test_only_arrow_only_jobs_run_in_threads(subset, template, format, max_bytes, expected):
-    assert arrow_only(parsed(subset, template), format, max_bytes, get_subset(subset).hydrated) is expected
+def test_only_jobs_that_let_go_of_the_gil_run_in_threads(subset, template, format, max_bytes, expected):
+    assert in_threads(parsed(subset, template), format, max_bytes, get_subset(subset).hydrated) is expected
 
 
 def chunks_of(mirror: Path, subset: str) -> list[Chunk]:

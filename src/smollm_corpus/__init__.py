@@ -1,8 +1,18 @@
-"""Fetch the SmolLM-Corpus from the Hugging Face Hub and write it as training-ready text."""
+"""Fetch the SmolLM-Corpus from the Hugging Face Hub and write it as training-ready text and tokens."""
 
 __version__ = "0.1.0"
 
-from .pipeline import FetchResult, Progress, fetch  # noqa: E402
-from .subsets import SUBSETS  # noqa: E402
-
 __all__ = ["SUBSETS", "FetchResult", "Progress", "__version__", "fetch"]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that the command line can take Ctrl-C while it loads (see launch.py).
+    if name in ("FetchResult", "Progress", "fetch"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name == "SUBSETS":
+        from .subsets import SUBSETS
+
+        return SUBSETS
+    raise AttributeError(f"module 'smollm_corpus' has no attribute {name!r}")

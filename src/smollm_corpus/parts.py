@@ -46,7 +46,7 @@ class PartInfo:
         end = self.ends[documents - 1] if documents else 0
         rows = self.rows[documents - 1] + 1 if documents else 0
         skipped = [r for r in self.skipped_rows if r[0] < rows]
-        return end, PartInfo(Stats(rows, documents, end, Counter(r[1] for r in skipped)), skipped)
+        return end, PartInfo(Stats(rows, documents, end, Counter(r[1] for r in skipped)), skipped, data=self.data)
 
 
 def path(folder: Path, chunk: int) -> Path:

@@ -30,7 +30,7 @@ from .run import Interrupted, Run
 from .stats import Stats
 from .subsets import FAMILIES, HUB_PREFIX, DatasetSpec, get_subset
 from .where import parse as parse_where
-from .worker import BATCH_ROWS, HYDRATE_ROWS, Hydrate, Job, WorkerPool, arrow_only
+from .worker import BATCH_ROWS, HYDRATE_ROWS, Hydrate, Job, WorkerPool, in_threads
 
 __all__ = ["FetchResult", "Interrupted", "Progress", "configs_of", "fetch"]
 
@@ -214,7 +214,9 @@ def fetch(
 
     if spec.hydrated and workers is not None:
         num_proc = min(num_proc, workers)  # each process keeps at least one request in flight
-    threads = arrow_only(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes,
+    if tokens:  # each worker encodes its own chunk on its own core: the tokenizer's own thread pool would compete
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = in_threads(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes,
                          spec.hydrated or decontaminator is not None)
     with WorkerPool(num_proc, threads) as pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit

@@ -65,7 +65,8 @@ class Tokenizer:
 
         ``"before"`` is llm.c's layout, ``"after"`` nanoGPT's. Nothing else is added (no BOS,
         no post-processor tokens). Safe to call from several threads at once; the encoding
-        itself runs without the GIL.
+        itself runs without the GIL, on every core unless TOKENIZERS_PARALLELISM is false (then
+        on the calling thread alone: best when as many workers as cores each encode a chunk).
 
         Returns:
             ``(tokens, counts)``: the ids in :attr:`dtype`, and each document's number of tokens,
