@@ -26,6 +26,7 @@ from enum import Enum
 
 import boto3
 import botocore
+import pyarrow as pa
 import botocore.client
 import botocore.exceptions
 import botocore.session
@@ -333,3 +334,36 @@ def _make_client(session: botocore.session.Session, options: S3Options, threads:
         user_agent=f"smollm-corpus botocore/{botocore.__version__}",
     )
     return session.create_client("s3", endpoint_url=options.endpoint_url, config=config)
+
+
+_hydrator: Hydrator | None = None  # the worker process's own
+
+
+class Hydrate:
+    """The stage that fetches each row's ``text`` from S3; rows whose blob is missing, corrupt or invalid are dropped.
+
+    One :class:`Hydrator` per worker process, built at its first batch (clients cannot be pickled).
+    """
+
+    def __init__(self, options, threads: int) -> None:
+        self.options, self.threads = options, threads
+
+    def __call__(self, batch: pa.RecordBatch, rows: pa.Array) -> tuple[pa.RecordBatch, pa.Array, list]:
+        global _hydrator
+        if _hydrator is None:
+            _hydrator = Hydrator(self.options, self.threads)
+        ids = batch.column("blob_id").to_pylist()
+        blobs = _hydrator.fetch(ids)
+        positions = rows.to_pylist()
+        keep, texts, skipped = [], [], []
+        for i, (blob_id, blob) in enumerate(zip(ids, blobs)):
+            if blob.status is BlobStatus.OK:
+                keep.append(i)
+                texts.append(blob.text)
+            else:
+                skipped.append((positions[i], blob.status.value, blob_id or ""))
+        if skipped:
+            batch, rows = batch.take(pa.array(keep, pa.int64())), rows.take(pa.array(keep, pa.int64()))
+        hydrated = pa.RecordBatch.from_arrays([*batch.columns, pa.array(texts, pa.string())],
+                                              names=[*batch.schema.names, "text"])
+        return hydrated, rows, skipped

@@ -30,7 +30,7 @@ from .run import Interrupted, Run
 from .stats import Stats
 from .subsets import FAMILIES, HUB_PREFIX, DatasetSpec, get_subset
 from .where import parse as parse_where
-from .worker import BATCH_ROWS, HYDRATE_ROWS, Hydrate, Job, WorkerPool, in_threads
+from .worker import BATCH_ROWS, HYDRATE_ROWS, Job, WorkerPool, in_threads
 
 __all__ = ["FetchResult", "Interrupted", "Progress", "configs_of", "fetch"]
 
@@ -259,7 +259,7 @@ def fetch(
             run = Run(spec, src, manifest, manifest_path, folder, output, partial, limit, max_bytes, sep.encode(),
                        tokens, total)
             requests = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
-            stages = tuple(stage for stage in (row_filter, s3 and Hydrate(s3, requests),
+            stages = tuple(stage for stage in (row_filter, s3 and _hydrate_stage(s3, requests),
                                                decontaminator) if stage)
             job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, in_memory=pool.threads,
                       stages=stages, tokenizer=tokens.tokenizer if tokens else None,
@@ -334,6 +334,12 @@ def _decontaminator(decontaminate: bool, benchmarks: str | None, ngram: int | No
     from .evalsets import load_benchmarks
 
     return Decontaminator(load_benchmarks(benchmarks), 10 if ngram is None else ngram, 0.5 if threshold is None else threshold)
+
+
+def _hydrate_stage(s3, requests: int):
+    from .hydrate import Hydrate  # boto3 is imported for python-edu only
+
+    return Hydrate(s3, requests)
 
 
 def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_request: bool, client: str):

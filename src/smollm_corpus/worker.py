@@ -94,7 +94,6 @@ class Stopped(Exception):
 
 
 _progress = None  # multiprocessing queue of (chunk, rows, documents, bytes, skipped) deltas
-_hydrator = None
 
 
 def init(progress_queue, parent: int) -> None:
@@ -212,38 +211,6 @@ def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event |
         raise
     _report(progress, chunk, writer, rows, reported)
     return info
-
-
-class Hydrate:
-    """The stage that fetches each row's ``text`` from S3; rows whose blob is missing, corrupt or invalid are dropped.
-
-    One :class:`hydrate.Hydrator` per worker process, built at its first batch (clients cannot be pickled).
-    """
-
-    def __init__(self, options, threads: int) -> None:
-        self.options, self.threads = options, threads
-
-    def __call__(self, batch: pa.RecordBatch, rows: pa.Array) -> tuple[pa.RecordBatch, pa.Array, list]:
-        global _hydrator
-        from .hydrate import BlobStatus, Hydrator
-
-        if _hydrator is None:
-            _hydrator = Hydrator(self.options, self.threads)
-        ids = batch.column("blob_id").to_pylist()
-        blobs = _hydrator.fetch(ids)
-        positions = rows.to_pylist()
-        keep, texts, skipped = [], [], []
-        for i, (blob_id, blob) in enumerate(zip(ids, blobs)):
-            if blob.status is BlobStatus.OK:
-                keep.append(i)
-                texts.append(blob.text)
-            else:
-                skipped.append((positions[i], blob.status.value, blob_id or ""))
-        if skipped:
-            batch, rows = batch.take(pa.array(keep, pa.int64())), rows.take(pa.array(keep, pa.int64()))
-        hydrated = pa.RecordBatch.from_arrays([*batch.columns, pa.array(texts, pa.string())],
-                                              names=[*batch.schema.names, "text"])
-        return hydrated, rows, skipped
 
 
 def _render(batch: pa.RecordBatch, job: Job) -> list[str]:
