@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import time
 
 # Before datasets and huggingface_hub are imported (they read these once): no request may leave
 # 127.0.0.1, neither datasets' download counter nor boto3's instance-metadata probe.
@@ -77,3 +80,30 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
     if "-v" not in args and "--verbose" not in args:
         assert_clean(result.stderr)
     return result
+
+
+def kill_at_checkpoint(manifest: Path, proc: subprocess.Popen, rows: int, timeout: float = 120) -> dict:
+    """SIGKILL ``proc`` at its first checkpoint that records at least ``rows`` rows; returns that manifest.
+
+    The fetch runs in slices of a few milliseconds between SIGSTOP and SIGCONT, so that however fast
+    the machine, it cannot finish between two looks at its manifest.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                state = json.loads(manifest.read_text())
+            except (FileNotFoundError, ValueError):
+                state = {}
+            if state.get("rows", 0) >= rows:
+                assert not state["complete"], "the fetch finished before it could be killed"
+                proc.kill()
+                return state
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    raise AssertionError(f"the fetch ended or stalled before {rows} rows were checkpointed")

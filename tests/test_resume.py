@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, run_cli
+from conftest import CLI, kill_at_checkpoint, run_cli
 
 SUBSET = "fineweb-edu-dedup"
 
@@ -129,12 +129,8 @@ def test_signal_during_an_append_never_records_counters_without_their_position(b
 def test_resume_after_repeated_kills_takes_the_hash_up_without_reading_back(big_mirror, tmp_path, reference):
     # Killed at about 20%, 50% and 85% of the rows; each rerun must start from the checkpointed hash state.
     for rows in (36_000, 90_000, 153_000):
-        proc = start(big_mirror, tmp_path, "-q")
-        wait_for_rows(tmp_path, rows, proc)
-        proc.kill()
-        proc.wait(timeout=30)
-        manifest = json.loads((tmp_path / SUBSET / "manifest.json").read_text())
-        assert manifest["hash_state"] and not manifest["complete"]
+        manifest = kill_at_checkpoint(tmp_path / SUBSET / "manifest.json", start(big_mirror, tmp_path, "-q"), rows)
+        assert manifest["hash_state"]
     result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "--num-proc", "2", "-v")
     assert result.returncode == 0, result.stderr
     assert "resuming fineweb-edu-dedup after" in result.stderr

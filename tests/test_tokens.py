@@ -6,7 +6,6 @@ import hashlib
 import json
 import pickle
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 import toytokenizer
-from conftest import CLI, run_cli
+from conftest import CLI, kill_at_checkpoint, run_cli
 from mirror import build_mirror, rows_for, text_for
 
 SUBSET = "fineweb-edu-dedup"
@@ -242,19 +241,7 @@ def test_kill_9_then_rerun_gives_identical_files(long_mirror, tokenizer_json, tm
     written = 0
     for _ in range(2):  # killed at the first checkpoint that records more than the last kill left
         proc = subprocess.Popen([CLI, "fetch", SUBSET, "--source", str(long_mirror), "-o", str(out), "-q", *args])
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(manifest.read_text())["rows"] > written:
-                    break
-            except (FileNotFoundError, ValueError, KeyError):
-                pass
-            time.sleep(0.005)
-        proc.kill()
-        proc.wait(timeout=30)
-        state = json.loads(manifest.read_text())
-        assert not state["complete"] and state["rows"] > written
-        written = state["rows"]
+        written = kill_at_checkpoint(manifest, proc, written + 1)["rows"]
     fetch(long_mirror, out, *args)
     assert {p.name: p.read_bytes() for p in (out / SUBSET).glob("*.bin")} == reference
     assert not list((out / SUBSET).glob("*.incomplete"))
