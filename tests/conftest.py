@@ -85,13 +85,15 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
 def kill_at_checkpoint(manifest: Path, proc: subprocess.Popen, rows: int, timeout: float = 120) -> dict:
     """SIGKILL ``proc`` at its first checkpoint that records at least ``rows`` rows; returns that manifest.
 
-    The fetch runs in slices of a few milliseconds between SIGSTOP and SIGCONT, so that however fast
-    the machine, it cannot finish between two looks at its manifest.
+    The fetch runs 5 ms at a time between 10 ms stops: checkpoints come every 0.5 s of wall time,
+    so they fall every third of what it would do in that time, and however fast the machine, it
+    cannot run from one checkpoint past the end between two looks at its manifest.
     """
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.01)
             try:
                 state = json.loads(manifest.read_text())
             except (FileNotFoundError, ValueError):
@@ -101,7 +103,7 @@ def kill_at_checkpoint(manifest: Path, proc: subprocess.Popen, rows: int, timeou
                 proc.kill()
                 return state
             proc.send_signal(signal.SIGCONT)
-            time.sleep(0.01)
+            time.sleep(0.005)
     finally:
         if proc.poll() is None:
             proc.kill()
