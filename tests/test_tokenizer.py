@@ -9,8 +9,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
-from tokenizers import AddedToken, Tokenizer as FastTokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer as FastTokenizer
 
+import toytokenizer
 from fakehub import FakeHub, fake_hub_env
 from smollm_corpus import source
 from smollm_corpus import tokenizer as tokenizer_module
@@ -47,16 +48,8 @@ VARIED = [
 
 
 def train(vocab_size: int = 400, special=("<|endoftext|>", "<|im_start|>")) -> FastTokenizer:
-    """A byte-level BPE shaped like SmolLM's: digits split one by one, no normalizer, no prefix space."""
-    tok = FastTokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXTS * 3, trainer)
-    return tok
+    """A byte-level BPE shaped like SmolLM's, trained on this file's texts."""
+    return toytokenizer.train(TEXTS * 3, vocab_size, special)
 
 
 @pytest.fixture(scope="module")
