@@ -104,7 +104,7 @@ def _templates(presets, default_note: str = "") -> None:
                    "[default: the name's own repository, HuggingFaceTB/smollm-corpus for the subsets]")
 @click.option("--revision", help="Hub revision: a branch, tag or commit.")
 @click.option("--split", default="train", show_default=True, help="The split to read, where a config has several.")
-@click.option("--num-proc", type=click.IntRange(min=1), help="Workers: threads for a template that is one column as is (the default), else processes  [default: number of CPUs]")
+@click.option("--num-proc", type=click.IntRange(min=1), help="Workers: threads for a template that is one column as is (the default) and for tokenizing, else processes  [default: number of CPUs]")
 @click.option("--limit", type=click.IntRange(min=0), help="Only the first N rows, in dataset order.")
 @click.option("--max-bytes", type=Size(), help="Stop at the last whole document before the output passes SIZE (500M, 2G).")
 @click.option("--template", help="A preset (text, nanogpt) or a string with {column} placeholders; \\n, \\t, \\\\ are interpreted.")
