@@ -139,9 +139,17 @@ def _templates(presets, default_note: str = "") -> None:
               help="python-edu: urllib3 sends the requests boto3 prepares at a third of the CPU; boto3 sends them itself.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="python-edu: S3 requests in flight, over all processes  [default: 32 per worker process]")
+@click.option("--dask", envvar="SMOLLM_CORPUS_DASK", metavar="ADDRESS",
+              help="Run the work on a Dask cluster: its scheduler's address, tcp://HOST:8786 or tls://HOST:8786 "
+                   "(env SMOLLM_CORPUS_DASK). Needs pip install 'smollm-corpus[dask]'; see the README.")
+@click.option("--dask-scheduler-file", type=click.Path(dir_okay=False),
+              help="Run the work on the Dask cluster this scheduler file (dask scheduler --scheduler-file) describes.")
+@click.option("--dask-wait", type=click.FloatRange(min=0), default=120, show_default=True,
+              help="Seconds to wait for the Dask scheduler to answer, and for a worker when there is none, before giving up.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, summary or notices.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail, and a traceback on errors.")
-def fetch_command(names, all_subsets, all_configs, out_dir, source_repo, quiet, verbose, format_, **options) -> None:
+def fetch_command(names, all_subsets, all_configs, out_dir, source_repo, quiet, verbose, format_, dask_scheduler_file,
+                  **options) -> None:
     """Fetch NAMES (or --all) into OUT_DIR/<name>/input.txt.
 
     A name is a SmolLM-Corpus subset, cosmopedia/<config>, cosmopedia-100k, or any Hub dataset
@@ -158,6 +166,12 @@ def fetch_command(names, all_subsets, all_configs, out_dir, source_repo, quiet, 
     """
     if all_subsets == bool(names):
         raise click.UsageError("name one or more subsets, or --all (not both)")
+    if dask_scheduler_file is not None:
+        if options["dask"] is not None:
+            raise click.UsageError("give --dask or --dask-scheduler-file, not both")
+        options["dask"] = dask_scheduler_file
+    elif options["dask"] is not None and "://" not in options["dask"]:
+        options["dask"] = f"tcp://{options['dask']}"  # Dask's default protocol, as dask worker assumes it
     _log_to_stderr(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -108,6 +108,8 @@ def fetch(
     benchmarks: str | None = None,
     decontam_ngram: int | None = None,
     decontam_threshold: float | None = None,
+    dask: str | None = None,
+    dask_wait: float = 120,
     progress: Callable[[Progress], None] | None = None,
 ) -> FetchResult:
     """Fetch ``subset`` into ``out_dir/<folder>/input.txt`` (or ``input.jsonl``), resuming a previous run.
@@ -147,6 +149,10 @@ def fetch(
             copies a benchmark sample (the Cosmopedia recipe, every candidate sample compared); the
             benchmark set is a Hub dataset id or a local parquet/jsonl file or folder (default
             ``HuggingFaceTB/phi2_eval_data_for_decontamination``), n-grams of 10 words, dropped above 0.5.
+        dask: run the chunks' work on a Dask cluster: its scheduler's address (``tcp://HOST:PORT``,
+            ``tls://...`` with Dask's TLS settings) or the scheduler file ``dask scheduler --scheduler-file``
+            wrote. This process still plans, appends and checkpoints: the output is the same.
+        dask_wait: seconds to wait for a Dask worker when there is none, at the start or after all have left.
         progress: called often with the run's :class:`Progress`.
 
     Returns:
@@ -161,6 +167,9 @@ def fetch(
     """
     started = time.monotonic()
     spec = get_subset(subset)
+    if dask is not None and num_proc is not None:
+        raise UsageError("--num-proc sets this machine's workers; with --dask the cluster's workers run the chunks "
+                         "(choose their number with dask worker --nworkers and --nthreads)")
     num_proc = _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_endpoint_url, s3_client)
     source_repo = source_repo or spec.repo
     if spec.config is None:
@@ -218,7 +227,7 @@ def fetch(
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = in_threads(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes,
                          spec.hydrated or decontaminator is not None)
-    with WorkerPool(num_proc, threads) as pool:  # worker processes start while the source is resolved
+    with _pool(num_proc, threads, dask, dask_wait) as pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, spec.config, pinned or revision, split)
         row_filter = parse_where(where, src.schema) if where else None  # before hydration: on the source's columns
@@ -261,15 +270,24 @@ def fetch(
             requests = WORKERS_PER_PROCESS if workers is None else workers // pool.size  # never more than asked
             stages = tuple(stage for stage in (row_filter, s3 and _hydrate_stage(s3, requests),
                                                decontaminator) if stage)
-            job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, in_memory=pool.threads,
+            job = Job(run.parts_dir, parsed, jsonl, sep.encode(), max_bytes, columns, in_memory=pool.in_memory,
                       stages=stages, tokenizer=tokens.tokenizer if tokens else None,
                       eot=tokens.eot if tokens else "before",
                       # contents are fetched a whole chunk at a time, so that requests keep flowing across batches
-                      batch_rows=HYDRATE_ROWS if s3 else BATCH_ROWS)
+                      batch_rows=HYDRATE_ROWS if s3 else BATCH_ROWS, one_at_a_time=bool(s3))
             view = Progress(subset, total, token_bytes=tokens.itemsize if tokens else None, hydrated=spec.hydrated)
             stats = run.execute(job, pool, view, progress)
     return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started,
                        tokens.itemsize if tokens else None)
+
+
+def _pool(num_proc: int, threads: bool, dask: str | None, wait: float):
+    """The workers: this machine's threads or processes, or a Dask cluster's."""
+    if dask is None:
+        return WorkerPool(num_proc, threads)
+    from .cluster import DaskPool  # distributed is imported for a cluster only
+
+    return DaskPool(dask, wait)
 
 
 def _default_config(spec: DatasetSpec, repo: str, revision: str | None) -> str:

@@ -74,7 +74,7 @@ class Run:
         if stats.rows:
             log.info("resuming %s after %d rows already written", self.spec.name, stats.rows)
         ahead = 1 if self.limit is not None else min(pool.size, DOWNLOADS_AHEAD)
-        downloads = source.Downloads(self.staging_dir, ahead)
+        downloads = source.Downloads(self.staging_dir, ahead) if pool.local_files else source.Remote()
         if self.tokens:
             out = shards.TokenFiles(self.folder, self.tokens.layout(self.spec.prefix), self.manifest, self.manifest_path,
                                     self.tokens.tokenizer.vocab_size)
@@ -95,7 +95,7 @@ class Run:
                 if not window:
                     break
                 chunk, future = window.popleft()
-                info = self._wait(future, pool.queue, view, progress)
+                info = self._wait(future, pool, view, progress)
                 full = self._append(out, chunk, info)
                 self._in_flight.pop(chunk.index, None)
                 self._next = chunk.index + 1
@@ -105,13 +105,13 @@ class Run:
                 if full:
                     break  # the output is full: work still in the window is not needed
                 if time.monotonic() - checkpointed > CHECKPOINT_SECONDS:
-                    self._checkpoint(out, downloads)
+                    self._checkpoint(out, downloads, pool)
                     checkpointed = time.monotonic()
             pool.stop()  # workers still busy past --max-bytes must not write into what is removed below
-            self._checkpoint(out, downloads, wait=True)
+            self._checkpoint(out, downloads, pool, wait=True)
         except KeyboardInterrupt:
             pool.stop()
-            self._checkpoint(out, downloads, wait=True)
+            self._checkpoint(out, downloads, pool, wait=True)
             raise Interrupted(
                 f"interrupted: {stats.rows:,} rows of {self.spec.name} are safely written; "
                 "run the same command again to resume"
@@ -119,7 +119,7 @@ class Run:
         except BaseException as e:
             pool.stop()
             with contextlib.suppress(Exception):
-                self._checkpoint(out, downloads, wait=True)  # keep what was appended before the failure
+                self._checkpoint(out, downloads, pool, wait=True)  # keep what was appended before the failure
             if isinstance(e, BrokenProcessPool):
                 raise SmollmCorpusError(
                     "a worker process died (out of memory, or killed); run the same command again to resume. "
@@ -144,12 +144,13 @@ class Run:
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         return stats
 
-    def _wait(self, future: Future, queue, view, progress) -> parts.PartInfo:
+    def _wait(self, future: Future, pool: WorkerPool, view, progress) -> parts.PartInfo:
         while True:
             try:
                 return future.result(timeout=0.2)
             except FutureTimeout:
-                self._drain(queue, view)
+                pool.check()
+                self._drain(pool.queue, view)
                 if progress:
                     progress(view)
 
@@ -208,8 +209,14 @@ class Run:
             self._appended.append(chunk)
         return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
 
-    def _checkpoint(self, out: Output, downloads: source.Downloads, wait: bool = False) -> None:
+    def _checkpoint(self, out: Output, downloads: source.Downloads, pool: WorkerPool, wait: bool = False) -> None:
         """Checkpoint the output; once that is durable, delete the downloads of files read to the end."""
         done = [c.file for c in self._appended if c.ends_file]
         self._appended.clear()
-        out.checkpoint(lambda: [downloads.release(f) for f in done], wait=wait)
+
+        def release() -> None:
+            for file in done:
+                downloads.release(file)
+            pool.release(done)
+
+        out.checkpoint(release, wait=wait)

@@ -225,6 +225,11 @@ def _local_copy(location: str) -> str | None:
     return cached if isinstance(cached, str) else None
 
 
+def is_local(location: str) -> bool:
+    """Whether ``location`` is a path on disk rather than a file on the Hub."""
+    return _HF_URL.match(location) is None
+
+
 def acquire(file: SourceFile, staging: Path) -> Path:
     """A local path to ``file``.
 
@@ -295,6 +300,26 @@ class Downloads:
             future.cancel()
 
 
+class Remote:
+    """Leaves the source files where they are, for workers elsewhere (a Dask cluster) to bring themselves.
+
+    The same interface as :class:`Downloads`; a file's "path" is its location, whose footer
+    :func:`read_metadata` reads with a few range requests.
+    """
+
+    def start(self, files: Iterable[SourceFile]) -> None:
+        pass
+
+    def get(self, file: SourceFile) -> str:
+        return file.location
+
+    def release(self, file: SourceFile) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _with_retries(call: Callable[[], T], what: str) -> T:
     """Run ``call``, retrying transient Hub errors with exponential backoff and jitter."""
     for attempt in range(RETRY_ATTEMPTS):
@@ -354,13 +379,19 @@ def describe_hub_error(e: Exception, what: str) -> tuple[bool, str]:
     return False, f"reading {what} failed: {type(e).__name__}: {e}"
 
 
-def read_metadata(file: SourceFile, path: Path) -> pq.FileMetaData:
-    """The footer of ``file``, read from its local copy at ``path``.
+def read_metadata(file: SourceFile, path: Path | str) -> pq.FileMetaData:
+    """The footer of ``file``, read from its local copy at ``path``, or from the Hub where ``path`` is its location.
 
     Raises:
-        SourceError: the copy is not a readable parquet file.
+        SourceError: the copy is not a readable parquet file, or the Hub cannot be read.
     """
-    with damaged(file, path):
+    if not is_local(str(path)):
+        def footer() -> pq.FileMetaData:
+            with _open(str(path)) as f, damaged(file, Path(file.name)):
+                return pq.read_metadata(f)
+
+        return _with_retries(footer, file.name)
+    with damaged(file, Path(path)):
         return pq.read_metadata(path)
 
 

@@ -69,6 +69,8 @@ class Job:
     tokenizer: object | None = None  # tokenizer.Tokenizer for token formats: parts hold token ids
     eot: str = "before"  # where each document's end-of-text token goes: "before" (llm.c) or "after" (nanoGPT)
     batch_rows: int = 1024  # rows read at a time
+    #: chunks run one at a time in a process, never in its threads together (hydration keeps one S3 client per process)
+    one_at_a_time: bool = False
 
 
 def in_threads(template: Template, format: str, max_bytes: int | None, python_stages: bool) -> bool:
@@ -112,11 +114,19 @@ def ready() -> None:
 
 class WorkerPool:
     """``size`` workers: threads of this process, or processes started at once so that their imports
-    overlap the main process's work."""
+    overlap the main process's work.
+
+    A pool (this one, or :class:`cluster.DaskPool`) has ``size`` (chunks that run at once),
+    ``queue`` (progress reports), ``in_memory`` (parts come back in memory rather than in
+    files), ``local_files`` (workers read the files this process downloads), ``submit``,
+    ``check`` (raise if the pool can no longer work), ``release`` (files fully appended) and ``stop``.
+    """
+
+    local_files = True
 
     def __init__(self, size: int, threads: bool = False) -> None:
         self.size = size
-        self.threads = threads
+        self.threads = self.in_memory = threads
         self._stopping = threading.Event()
         self.executor: ThreadPoolExecutor | ProcessPoolExecutor
         if threads:
@@ -133,6 +143,12 @@ class WorkerPool:
         if self.threads:
             return self.executor.submit(run_chunk, job, chunk, self.queue, self._stopping)
         return self.executor.submit(run_chunk, job, chunk)
+
+    def check(self) -> None:
+        """Nothing: a local worker that dies breaks its chunk's future."""
+
+    def release(self, files: list[SourceFile]) -> None:
+        """Nothing: this process's downloads are its own to delete."""
 
     def stop(self) -> None:
         """Stop every worker now, busy or not (a thread gives up its chunk at its next batch)."""

@@ -1,0 +1,315 @@
+"""A worker pool on a Dask cluster: each chunk of a fetch runs as a Dask task on the cluster's workers.
+
+The machine running the fetch plans the chunks, appends the finished parts in dataset order
+and checkpoints, exactly as with local workers, so the output does not depend on where the
+chunks ran. Workers bring the source files themselves: a file in a folder they can see is read
+in place; a file on the Hub is downloaded by the first task of that file on a machine, into a
+folder shared by that machine's workers (``SMOLLM_CORPUS_STAGING``, default a folder in the
+system's temporary directory), and deleted once the fetch has appended all of it. The tasks of
+one file go to one machine, so each file is downloaded once per run across the cluster.
+
+Imported only when a fetch is given a cluster: ``distributed`` is an optional dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import os
+import queue as queue_module
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import Future
+from pathlib import Path
+
+from . import __version__, source, worker
+from .errors import SmollmCorpusError, UsageError
+from .source import SourceFile
+
+try:
+    import distributed
+    from distributed.comm import get_address_host
+except ImportError:  # pragma: no cover - depends on the installation
+    raise UsageError(
+        "running on a Dask cluster needs Dask's distributed package on this machine and on every worker: "
+        "pip install 'smollm-corpus[dask]'"
+    ) from None
+
+log = logging.getLogger("smollm_corpus")
+
+#: seconds between looks at the cluster's workers
+LOOK_SECONDS = 1.0
+
+
+class ClusterError(SmollmCorpusError):
+    """The Dask cluster cannot be reached, has no workers, or runs another version of smollm-corpus."""
+
+
+class DaskPool:
+    """Runs chunks as tasks on the Dask cluster at ``address`` (or described by a scheduler file).
+
+    The same interface as :class:`worker.WorkerPool`: ``size``, ``queue`` (progress reports),
+    ``submit``, ``stop``; parts come back in memory, and the workers read the source files
+    themselves (``local_files`` is False: the fetch downloads nothing but footers).
+    """
+
+    in_memory = True
+    local_files = False
+
+    def __init__(self, address: str, wait: float) -> None:
+        """Connect, check the workers' version of smollm-corpus, and wait up to ``wait`` seconds for a first worker.
+
+        Raises:
+            UsageError: a scheduler file that does not exist.
+            ClusterError: the scheduler cannot be reached, no worker joins in time, or a worker runs
+                another version.
+        """
+        self.address, self.wait = address, wait
+        self.queue: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self._futures: dict[int, distributed.Future] = {}  # running chunks: kept, or Dask forgets them
+        self._hosts: dict[int, str] = {}  # source file index -> the machine its tasks go to
+        self._remote: dict[int, SourceFile] = {}  # files the workers download, until released
+        self._busy: Counter = Counter()  # tasks submitted and not finished, per machine
+        self._lock = threading.Lock()
+        self._job: worker.Job | None = None
+        self._job_future = None
+        self._run = uuid.uuid4().hex[:12]
+        self._topic = f"smollm-corpus-progress-{self._run}"
+        self._stopped = False
+        self._looked = 0.0
+        self._alone_since: float | None = None
+        self.client = _connect(address, max(wait, 1.0))
+        try:
+            self._nthreads = self._wait_for_workers()
+            _check_versions(self.client.run(_version))
+            self.client.subscribe_topic(self._topic, lambda event: self.queue.put(tuple(event[1])))
+        except BaseException:
+            self.client.close()
+            raise
+
+    @property
+    def size(self) -> int:
+        """Threads over all workers: chunks that can run at once."""
+        return max(sum(self._nthreads.values()), 1)
+
+    def submit(self, job: worker.Job, chunk: worker.Chunk) -> Future:
+        """Run ``chunk`` on the cluster; the returned future gives its :class:`parts.PartInfo`."""
+        if job is not self._job:  # sent once to every worker, not with every task
+            self._job, self._job_future = job, self.client.scatter(job, broadcast=True, hash=False)
+        host = self._host(chunk.file)
+        future = self.client.submit(
+            _run_task, self._job_future, chunk, self._topic, __version__,
+            key=f"smollm-corpus-{self._run}-{chunk.index}", pure=False,
+            workers=[host] if host else None, allow_other_workers=bool(host),
+        )
+        result: Future = Future()
+        result.set_running_or_notify_cancel()
+        with self._lock:
+            self._futures[chunk.index] = future
+            self._busy[host] += 1
+
+        def done(finished: distributed.Future) -> None:
+            with self._lock:
+                self._futures.pop(chunk.index, None)
+                self._busy[host] -= 1
+            try:
+                result.set_result(finished.result())
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the chunk
+                result.set_exception(self._explain(e))
+
+        future.add_done_callback(done)
+        return result
+
+    def _host(self, file: SourceFile) -> str | None:
+        """The machine whose workers read ``file``: the least busy when its first chunk is sent.
+
+        None where the file needs no download (a local path): then any worker may read it.
+        """
+        if source.is_local(file.location):
+            return None
+        host = self._hosts.get(file.index)
+        if host is None:
+            hosts = {get_address_host(address) for address in self._nthreads}
+            with self._lock:
+                host = min(sorted(hosts), key=lambda h: self._busy[h])
+            self._hosts[file.index], self._remote[file.index] = host, file
+        return host
+
+    def _wait_for_workers(self) -> dict[str, int]:
+        nthreads = self.client.nthreads()
+        if not nthreads:
+            log.warning("no Dask worker has joined %s yet; waiting up to %.0f s for one", self.address, self.wait)
+            try:
+                self.client.wait_for_workers(1, timeout=self.wait)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise ClusterError(f"no Dask worker joined {self.address} within {self.wait:.0f} s; start workers "
+                                   "(dask worker ADDRESS), or wait longer with --dask-wait") from None
+            nthreads = self.client.nthreads()
+        return nthreads
+
+    def check(self) -> None:
+        """Look at the cluster (at most once a second): fail when no worker has been there for ``wait`` seconds.
+
+        Raises:
+            ClusterError: the scheduler is gone, or every worker has been gone for ``wait`` seconds.
+        """
+        now = time.monotonic()
+        if now - self._looked < LOOK_SECONDS:
+            return
+        self._looked = now
+        if self.client.status not in ("running", "connecting", "newly-created"):
+            raise ClusterError(f"lost the connection to the Dask scheduler at {self.address}; "
+                               "run the same command again to resume once it is back")
+        try:
+            self._nthreads = self.client.nthreads()
+        except (OSError, TimeoutError) as e:
+            raise ClusterError(f"lost the connection to the Dask scheduler at {self.address} ({e}); "
+                               "run the same command again to resume once it is back") from None
+        if self._nthreads:
+            self._alone_since = None
+            return
+        if self._alone_since is None:
+            self._alone_since = now
+            log.warning("every Dask worker has left %s; waiting up to %d s for one to join", self.address, self.wait)
+        elif now - self._alone_since > self.wait:
+            raise ClusterError(f"every Dask worker left {self.address} and none joined within {self.wait:.0f} s; "
+                               "what was written is kept: start workers, then run the same command again to resume")
+
+    def release(self, files: list[SourceFile]) -> None:
+        """Delete the workers' downloads of ``files``: every chunk of them is appended."""
+        locations = [self._remote.pop(f.index).location for f in files if f.index in self._remote]
+        if locations and not self._stopped:
+            with contextlib.suppress(Exception):  # a worker that is gone has nothing to delete
+                self.client.run(_release, locations, wait=False)
+
+    def stop(self) -> None:
+        """Cancel what is still queued on the cluster, delete the workers' downloads, and disconnect."""
+        if self._stopped:
+            return
+        with self._lock:
+            futures = list(self._futures.values())
+        with contextlib.suppress(Exception):
+            self.client.cancel(futures)
+        self.release(list(self._remote.values()))  # a rerun downloads again the few files that were in progress
+        self._stopped = True
+        with contextlib.suppress(Exception):
+            self.client.unsubscribe_topic(self._topic)
+        with contextlib.suppress(Exception):
+            self.client.close(timeout=10)
+
+    def _explain(self, error: BaseException) -> BaseException:
+        """A task's failure as the library's own error where it comes from the cluster rather than the work."""
+        if isinstance(error, SmollmCorpusError):
+            return error
+        if isinstance(error, distributed.client.FutureCancelledError) or type(error).__name__ == "CancelledError":
+            if self._stopped:
+                return error
+            return ClusterError(f"the Dask scheduler at {self.address} dropped a chunk's task (it restarted, or "
+                                "lost this client); run the same command again to resume")
+        if type(error).__name__ == "KilledWorker":
+            return ClusterError(f"a chunk's task killed every Dask worker that ran it ({error}); the workers may be "
+                                "out of memory: give them more (dask worker --memory-limit), then run the same "
+                                "command again to resume")
+        return error
+
+    def __enter__(self) -> DaskPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _connect(address: str, timeout: float) -> distributed.Client:
+    """A client of the scheduler at ``address``, or of the one a scheduler file describes, within ``timeout`` seconds."""
+    scheduler_file = None if "://" in address else os.path.expanduser(address)
+    if scheduler_file is not None and not os.path.isfile(scheduler_file):
+        raise UsageError(f"no Dask scheduler file at {address}; give the file `dask scheduler --scheduler-file` "
+                         "wrote, or the scheduler's address as tcp://HOST:PORT (or tls://)")
+    try:
+        return distributed.Client(None if scheduler_file else address, scheduler_file=scheduler_file,
+                                  timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {address} ({e}); check that `dask scheduler` runs there and "
+            "that this machine can reach it (address, port, firewall); a tls:// scheduler also needs Dask's TLS "
+            "settings here (DASK_DISTRIBUTED__COMM__TLS__CA_FILE and the client's certificate and key)"
+        ) from None
+
+
+def _check_versions(versions: dict[str, str]) -> None:
+    others = {address: v for address, v in versions.items() if v != __version__}
+    if others:
+        address, version = sorted(others.items())[0]
+        raise ClusterError(
+            f"the Dask worker at {address} runs smollm-corpus {version}, and this machine {__version__} "
+            f"({len(others)} of {len(versions)} workers differ); install the same version everywhere"
+        )
+
+
+def _version() -> str:
+    return __version__
+
+
+# -- on the workers --------------------------------------------------------------------------------
+
+_one_at_a_time = threading.Lock()
+_acquired: set[str] = set()
+
+
+def _run_task(job: worker.Job, chunk: worker.Chunk, topic: str, version: str):
+    """A chunk's work, on a worker: bring its file, then what a local worker does."""
+    if version != __version__:
+        raise ClusterError(f"this Dask worker runs smollm-corpus {__version__}, and the fetch {version}; "
+                           "install the same version everywhere")
+    path = _bring(chunk.file)
+    chunk = dataclasses.replace(chunk, path=str(path))
+    with _one_at_a_time if job.one_at_a_time else contextlib.nullcontext():
+        return worker.run_chunk(job, chunk, _Events(topic))
+
+
+class _Events:
+    """Progress reports, sent through the scheduler to the fetch's client."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.worker = distributed.get_worker()
+
+    def put(self, report: tuple) -> None:
+        self.worker.log_event(self.topic, list(report))
+
+
+def _bring(file: SourceFile) -> Path:
+    """A local copy of ``file``, downloaded once per machine: the machine's other workers wait for it."""
+    if source.is_local(file.location):
+        return Path(file.location)
+    folder = _folder(file.location)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # across processes: huggingface_hub's own lock lets two download
+        try:
+            return source.acquire(file, folder)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _folder(location: str) -> Path:
+    """Where a machine's workers keep their copy of the file at ``location`` (an hf:// URL pinned to a commit)."""
+    staging = os.environ.get("SMOLLM_CORPUS_STAGING") or Path(tempfile.gettempdir()) / "smollm-corpus-staging"
+    return Path(staging) / hashlib.sha256(location.encode()).hexdigest()[:24]
+
+
+async def _release(locations: list[str]) -> None:
+    """Delete this machine's copies of the files at ``locations`` (a coroutine: client.run need not wait for it)."""
+    def remove() -> None:
+        for location in locations:
+            shutil.rmtree(_folder(location), ignore_errors=True)
+
+    await asyncio.to_thread(remove)

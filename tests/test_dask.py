@@ -1,0 +1,265 @@
+"""`fetch --dask`: the chunks run on a real Dask cluster (scheduler and workers on 127.0.0.1), the output is the same.
+
+The workers download from the fake Hub and fetch python-edu contents from moto's S3 themselves;
+every output is compared byte for byte with a local run of the same command.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import toytokenizer
+from conftest import CLI, _heavy_rows, kill_at_checkpoint, run_cli
+from daskcluster import DaskCluster
+from fakehub import DEFAULT_SHA, FakeHub
+from mirror import blob_id_for, build_mirror, python_source_for
+from s3servers import CREDENTIALS, moto_server, put_blobs
+
+from smollm_corpus import __version__
+
+BUCKET = "dask-python-edu"
+AWS = {"AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+       "AWS_EC2_METADATA_DISABLED": "true"}
+SIZES = {"fineweb-edu-dedup": [1500] * 6, "cosmopedia-v2": [120, 80], "python-edu": [100, 80]}
+
+
+class World:
+    """The fake Hub, S3 and a Dask cluster whose workers reach both."""
+
+    def __init__(self, folder: Path, hub: FakeHub, s3: str) -> None:
+        self.folder, self.hub, self.s3 = folder, hub, s3
+
+    def env(self, name: str) -> dict[str, str]:
+        return {**self.hub.env(self.folder / name), **AWS}
+
+    def cluster(self, name: str, **kwargs) -> DaskCluster:
+        env = {**self.env(f"hf-{name}"), "SMOLLM_CORPUS_STAGING": str(self.staging(name))}
+        return DaskCluster(self.folder / name, env, **kwargs)
+
+    def staging(self, name: str) -> Path:
+        return self.folder / name / "staging"
+
+    def fetch(self, out: Path, subset: str, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+        args = ["fetch", subset, "-o", str(out), "--revision", DEFAULT_SHA, *extra]
+        if subset == "python-edu":
+            args += ["--bucket", BUCKET, "--s3-endpoint-url", self.s3]
+        return run_cli(*args, env=self.env(f"hf-{out.name}"), **kwargs)
+
+    def popen(self, out: Path, subset: str, *extra: str) -> subprocess.Popen:
+        args = [CLI, "fetch", subset, "-o", str(out), "--revision", DEFAULT_SHA, "-q", *extra]
+        return subprocess.Popen(args, env={**os.environ, **self.env(f"hf-{out.name}")}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+
+def _rows(subset: str, start: int, stop: int):
+    from mirror import rows_for
+
+    return _heavy_rows(subset, start, stop) if subset == "fineweb-edu-dedup" else rows_for(subset, start, stop)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("dask")
+    mirror = build_mirror(folder / "mirror", SIZES, row_group_size=250, rows=_rows)
+    with FakeHub(mirror) as hub, moto_server() as s3:
+        put_blobs(s3, BUCKET, {blob_id_for(i): python_source_for(i).encode() for i in range(sum(SIZES["python-edu"]))})
+        yield World(folder, hub, s3)
+
+
+@pytest.fixture(scope="module")
+def cluster(world: World):
+    with world.cluster("cluster") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    texts = [python_source_for(i) for i in range(100)]
+    return toytokenizer.save(toytokenizer.train(texts, vocab_size=500), tmp_path_factory.mktemp("tok"))
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every output file of a fetch (not its manifest, whose timings differ), by name."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in ("manifest.json", ".lock")}
+
+
+def whole_downloads(hub: FakeHub) -> Counter:
+    """Data files whose whole content the Hub sent, and how often (footer reads are ranges of a few KB)."""
+    return Counter(r.repo_file for r in hub.requests
+                   if r.method == "GET" and r.repo_file and r.repo_file.endswith(".parquet") and not r.range)
+
+
+@pytest.mark.parametrize("subset, extra", [
+    ("fineweb-edu-dedup", []),
+    ("cosmopedia-v2", ["--format", "jsonl"]),
+    ("python-edu", []),
+    ("fineweb-edu-dedup", ["--format", "bin", "--tokenizer", "TOKENIZER", "--shard-tokens", "300000"]),
+], ids=["txt", "jsonl", "python-edu", "bin"])
+def test_a_fetch_on_dask_writes_the_same_bytes_as_a_local_one(world, cluster, tokenizer_json, tmp_path, subset, extra):
+    extra = [str(tokenizer_json) if e == "TOKENIZER" else e for e in extra]
+    local = world.fetch(tmp_path / "local", subset, *extra)
+    assert local.returncode == 0, local.stderr
+    world.hub.clear_requests()
+    remote = world.fetch(tmp_path / "remote", subset, *extra, "--dask", cluster.address)
+    assert remote.returncode == 0, remote.stderr
+    folder = subset
+    assert files_of(tmp_path / "remote" / folder) == files_of(tmp_path / "local" / folder)
+    assert files_of(tmp_path / "remote" / folder)
+    # the workers downloaded each file once, and deleted their copies once the fetch had appended them
+    files = [f for f in world.hub.downloaded_files() if f.startswith(f"{subset}/") and f.endswith(".parquet")]
+    assert whole_downloads(world.hub) == Counter({f: 1 for f in files})
+    assert len(files) == len(SIZES[subset])
+    assert not [p for p in world.staging("cluster").rglob("*.parquet")]
+
+
+def test_a_scheduler_file_names_the_cluster(world, cluster, tmp_path):
+    local = world.fetch(tmp_path / "local", "cosmopedia-v2")
+    remote = world.fetch(tmp_path / "remote", "cosmopedia-v2", "--dask-scheduler-file", str(cluster.scheduler_file))
+    assert remote.returncode == 0, remote.stderr
+    assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
+
+
+def test_a_worker_killed_mid_run_changes_nothing(world, cluster, tmp_path):
+    local = world.fetch(tmp_path / "local", "fineweb-edu-dedup")
+    assert local.returncode == 0, local.stderr
+    victim = cluster.worker_pids()[0]
+    proc = world.popen(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
+    manifest = tmp_path / "remote" / "fineweb-edu-dedup" / "manifest.json"
+    deadline = time.monotonic() + 60
+    while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(victim, 9)  # its nanny starts another; its task runs again, there or elsewhere
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
+    cluster.wait_for_workers(cluster.nworkers)
+
+
+def test_kill_9_of_the_command_then_a_rerun_resumes_to_the_same_bytes(world, cluster, tmp_path):
+    local = world.fetch(tmp_path / "local", "fineweb-edu-dedup")
+    assert local.returncode == 0, local.stderr
+    proc = world.popen(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
+    state = kill_at_checkpoint(tmp_path / "remote" / "fineweb-edu-dedup" / "manifest.json", proc, rows=1500)
+    assert 0 < state["rows"] < sum(SIZES["fineweb-edu-dedup"])
+    rerun = world.fetch(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming at {state['rows']:,}/" in rerun.stderr
+    assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
+
+
+def test_no_worker_then_every_worker_gone_exits_1_and_a_rerun_resumes(world, tmp_path):
+    local = world.fetch(tmp_path / "local", "fineweb-edu-dedup")
+    with world.cluster("lonely") as cluster:
+        cluster.stop_workers()
+        started = time.monotonic()
+        alone = world.fetch(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address, "--dask-wait", "2")
+        assert alone.returncode == 1
+        assert "no Dask worker joined" in alone.stderr and "dask worker ADDRESS" in alone.stderr
+        assert time.monotonic() - started < 30
+
+        cluster.start_workers()
+        proc = world.popen(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address, "--dask-wait", "2")
+        manifest = tmp_path / "remote" / "fineweb-edu-dedup" / "manifest.json"
+        deadline = time.monotonic() + 60
+        while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cluster.stop_workers()
+        _, stderr = proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            pytest.skip("the fetch finished before its workers could be stopped")
+        assert proc.returncode == 1, stderr
+        assert "every Dask worker left" in stderr and "run the same command again to resume" in stderr
+
+        cluster.start_workers()
+        rerun = world.fetch(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
+        assert rerun.returncode == 0, rerun.stderr
+    assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
+
+
+def test_an_unreachable_scheduler_exits_1_saying_what_to_check(world, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    result = world.fetch(tmp_path / "out", "cosmopedia-v2", "--dask", f"127.0.0.1:{port}", "--dask-wait", "2")
+    assert result.returncode == 1
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in result.stderr
+    assert "dask scheduler" in result.stderr
+
+
+def test_a_missing_scheduler_file_is_a_usage_error(world, tmp_path):
+    result = world.fetch(tmp_path / "out", "cosmopedia-v2", "--dask-scheduler-file", str(tmp_path / "nope.json"))
+    assert result.returncode == 2
+    assert "no Dask scheduler file at" in result.stderr
+
+
+def test_num_proc_with_dask_is_refused(world, tmp_path):
+    result = world.fetch(tmp_path / "out", "cosmopedia-v2", "--dask", "tcp://127.0.0.1:1", "--num-proc", "2")
+    assert result.returncode == 2
+    assert "--num-proc sets this machine's workers" in result.stderr
+
+
+def test_workers_of_another_version_are_refused_naming_both(world, tmp_path):
+    preload = tmp_path / "other_version.py"
+    preload.write_text("import smollm_corpus\nsmollm_corpus.__version__ = '0.0.1'\n")
+    with world.cluster("other", nworkers=1, preload=preload) as cluster:
+        result = world.fetch(tmp_path / "out", "cosmopedia-v2", "--dask", cluster.address)
+    assert result.returncode == 1
+    assert f"runs smollm-corpus 0.0.1, and this machine {__version__}" in result.stderr
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path, Path]:
+    """A certificate for 127.0.0.1 that is its own authority: every party uses it."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_a_tls_cluster_is_used_with_dasks_security_settings(world, tmp_path):
+    ca, cert, key = _self_signed(tmp_path)
+    tls_env = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(ca), "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(cert),
+               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(key), "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+    local = world.fetch(tmp_path / "local", "cosmopedia-v2")
+    with world.cluster("tls", nworkers=1, tls=(ca, cert, key)) as cluster:
+        assert cluster.address.startswith("tls://127.0.0.1:")
+        bare = world.fetch(tmp_path / "bare", "cosmopedia-v2", "--dask", cluster.address, "--dask-wait", "3")
+        assert bare.returncode == 1 and "TLS" in bare.stderr
+        args = ["fetch", "cosmopedia-v2", "-o", str(tmp_path / "remote"), "--revision", DEFAULT_SHA,
+                "--dask", cluster.address]
+        remote = run_cli(*args, env={**world.env("hf-remote"), **tls_env})
+        assert remote.returncode == 0, remote.stderr
+    assert local.returncode == 0
+    assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
+
+
+def test_without_distributed_the_message_says_what_to_install(world, tmp_path):
+    code = ("import sys; sys.modules['distributed'] = None; sys.argv = ['smollm-corpus'] + sys.argv[1:]; "
+            "from smollm_corpus.launch import main; main()")
+    args = [sys.executable, "-c", code, "fetch", "cosmopedia-v2", "-o", str(tmp_path), "--revision", DEFAULT_SHA,
+            "--dask", "tcp://127.0.0.1:1"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, **world.env("hf")})
+    assert result.returncode == 2
+    assert "pip install 'smollm-corpus[dask]'" in result.stderr
+
+
+def test_a_fetch_without_dask_never_imports_it(world, tmp_path):
+    code = ("import sys, smollm_corpus; smollm_corpus.fetch('cosmopedia-v2', sys.argv[1], revision=sys.argv[2]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path), DEFAULT_SHA], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, **world.env("hf")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
