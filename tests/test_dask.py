@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 pytest.importorskip("distributed")
 
 import toytokenizer
-from conftest import CLI, _heavy_rows, kill_at_checkpoint, run_cli
+from conftest import CLI, _heavy_rows, assert_clean, kill_at_checkpoint, run_cli
 from daskcluster import DaskCluster
 from fakehub import DEFAULT_SHA, FakeHub
 from mirror import blob_id_for, build_mirror, python_source_for
@@ -143,6 +144,7 @@ def test_a_worker_killed_mid_run_changes_nothing(world, cluster, tmp_path):
     os.kill(victim, 9)  # its nanny starts another; its task runs again, there or elsewhere
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
+    assert_clean(stderr)
     assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
     cluster.wait_for_workers(cluster.nworkers)
 
@@ -156,6 +158,25 @@ def test_kill_9_of_the_command_then_a_rerun_resumes_to_the_same_bytes(world, clu
     rerun = world.fetch(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming at {state['rows']:,}/" in rerun.stderr
+    assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
+
+
+def test_ctrl_c_stops_the_cluster_work_and_a_rerun_resumes(world, cluster, tmp_path):
+    local = world.fetch(tmp_path / "local", "fineweb-edu-dedup")
+    proc = world.popen(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
+    manifest = tmp_path / "remote" / "fineweb-edu-dedup" / "manifest.json"
+    deadline = time.monotonic() + 60
+    while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the fetch finished before it could be interrupted")
+    assert proc.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    assert_clean(stderr)
+    rerun = world.fetch(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
+    assert rerun.returncode == 0, rerun.stderr
     assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
 
 
@@ -181,6 +202,7 @@ def test_no_worker_then_every_worker_gone_exits_1_and_a_rerun_resumes(world, tmp
             pytest.skip("the fetch finished before its workers could be stopped")
         assert proc.returncode == 1, stderr
         assert "every Dask worker left" in stderr and "run the same command again to resume" in stderr
+        assert_clean(stderr)
 
         cluster.start_workers()
         rerun = world.fetch(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)

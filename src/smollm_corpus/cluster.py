@@ -35,6 +35,7 @@ from .errors import SmollmCorpusError, UsageError
 from .source import SourceFile
 
 try:
+    import dask
     import distributed
     from distributed.comm import get_address_host
 except ImportError:  # pragma: no cover - depends on the installation
@@ -45,6 +46,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 log = logging.getLogger("smollm_corpus")
 
+#: seconds to reach the scheduler, at most (a scheduler that is up answers at once)
+CONNECT_SECONDS = 30
 #: seconds between looks at the cluster's workers
 LOOK_SECONDS = 1.0
 
@@ -86,7 +89,9 @@ class DaskPool:
         self._stopped = False
         self._looked = 0.0
         self._alone_since: float | None = None
-        self.client = _connect(address, max(wait, 1.0))
+        if not log.isEnabledFor(logging.DEBUG):  # what matters of Dask's own log comes back as this pool's errors
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        self.client = _connect(address, min(max(wait, 1.0), CONNECT_SECONDS))
         try:
             self._nthreads = self._wait_for_workers()
             _check_versions(self.client.run(_version))
@@ -102,8 +107,8 @@ class DaskPool:
 
     def submit(self, job: worker.Job, chunk: worker.Chunk) -> Future:
         """Run ``chunk`` on the cluster; the returned future gives its :class:`parts.PartInfo`."""
-        if job is not self._job:  # sent once to every worker, not with every task
-            self._job, self._job_future = job, self.client.scatter(job, broadcast=True, hash=False)
+        if job is not self._job:
+            self._job, self._job_future = job, self._send(job)
         host = self._host(chunk.file)
         future = self.client.submit(
             _run_task, self._job_future, chunk, self._topic, __version__,
@@ -127,6 +132,12 @@ class DaskPool:
 
         future.add_done_callback(done)
         return result
+
+    def _send(self, job: worker.Job) -> distributed.Future:
+        """``job`` as a task of its own, sent once: each worker fetches its result once, and the scheduler makes
+        it again if every worker that held it is gone (scattered data would be lost with them)."""
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"}):  # large on purpose, once
+            return self.client.submit(_the_job, job, key=f"smollm-corpus-{self._run}-job", pure=False)
 
     def _host(self, file: SourceFile) -> str | None:
         """The machine whose workers read ``file``: the least busy when its first chunk is sent.
@@ -256,6 +267,10 @@ def _check_versions(versions: dict[str, str]) -> None:
 
 def _version() -> str:
     return __version__
+
+
+def _the_job(job: worker.Job) -> worker.Job:
+    return job
 
 
 # -- on the workers --------------------------------------------------------------------------------
