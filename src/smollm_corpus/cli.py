@@ -162,6 +162,7 @@ def fetch_command(names, all_subsets, all_configs, out_dir, source_repo, quiet, 
       smollm-corpus fetch python-edu --format jsonl --no-sign-request
       smollm-corpus fetch cosmopedia --all-configs
       smollm-corpus fetch hf:OWNER/NAME --split validation
+      smollm-corpus fetch fineweb-edu-dedup --format bin --dask tcp://10.0.0.5:8786
     Interrupted? Run the same command again: it resumes where it stopped.
     """
     if all_subsets == bool(names):

@@ -94,7 +94,12 @@ class DaskPool:
         self.client = _connect(address, min(max(wait, 1.0), CONNECT_SECONDS))
         try:
             self._nthreads = self._wait_for_workers()
-            _check_versions(self.client.run(_version))
+            try:
+                versions = self.client.run(_version)
+            except Exception as e:  # noqa: BLE001 - raised on a worker: its cause is the message
+                raise ClusterError(f"the Dask workers cannot run smollm-corpus ({type(e).__name__}: {e}); install "
+                                   f"smollm-corpus {__version__} with its dask extra on every worker") from None
+            _check_versions(versions)
             self.client.subscribe_topic(self._topic, lambda event: self.queue.put(tuple(event[1])))
         except BaseException:
             self.client.close()
@@ -284,6 +289,8 @@ def _run_task(job: worker.Job, chunk: worker.Chunk, topic: str, version: str):
     if version != __version__:
         raise ClusterError(f"this Dask worker runs smollm-corpus {__version__}, and the fetch {version}; "
                            "install the same version everywhere")
+    if job.tokenizer is not None:  # one chunk per thread of the worker: the tokenizer's own threads would compete
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     path = _bring(chunk.file)
     chunk = dataclasses.replace(chunk, path=str(path))
     with _one_at_a_time if job.one_at_a_time else contextlib.nullcontext():
