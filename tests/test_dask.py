@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -45,11 +44,7 @@ class World:
         return {**self.hub.env(self.folder / name), **AWS}
 
     def cluster(self, name: str, **kwargs) -> DaskCluster:
-        env = {**self.env(f"hf-{name}"), "SMOLLM_CORPUS_STAGING": str(self.staging(name))}
-        return DaskCluster(self.folder / name, env, **kwargs)
-
-    def staging(self, name: str) -> Path:
-        return self.folder / name / "staging"
+        return DaskCluster(self.folder / name, self.env(f"hf-{name}"), **kwargs)
 
     def fetch(self, out: Path, subset: str, *extra: str, **kwargs) -> subprocess.CompletedProcess:
         args = ["fetch", subset, "-o", str(out), "--revision", DEFAULT_SHA, *extra]
@@ -96,10 +91,28 @@ def files_of(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in ("manifest.json", ".lock")}
 
 
-def whole_downloads(hub: FakeHub) -> Counter:
-    """Data files whose whole content the Hub sent, and how often (footer reads are ranges of a few KB)."""
-    return Counter(r.repo_file for r in hub.requests
-                   if r.method == "GET" and r.repo_file and r.repo_file.endswith(".parquet") and not r.range)
+def served(hub: FakeHub, subset: str) -> dict[str, list[tuple[int, int]]]:
+    """The byte ranges of each data file of ``subset`` that the Hub sent (a whole file as one range)."""
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for r in hub.requests:
+        if r.method == "GET" and r.repo_file and r.repo_file.startswith(f"{subset}/") and r.repo_file.endswith(".parquet"):
+            size = (hub.root / r.repo_file).stat().st_size
+            first, _, last = (r.range or f"bytes=0-{size - 1}").removeprefix("bytes=").partition("-")
+            ranges.setdefault(r.repo_file, []).append((int(first), min(int(last or size - 1), size - 1) + 1))
+    return ranges
+
+
+def downloaded_once(hub: FakeHub, subset: str) -> None:
+    """Each file's bytes were sent at most once, apart from its footer (read by the fetch and by each chunk)."""
+    files = served(hub, subset)
+    assert len(files) == len(SIZES[subset])
+    for name, ranges in files.items():
+        size = (hub.root / name).stat().st_size
+        footer = size - 8 - int.from_bytes((hub.root / name).read_bytes()[-8:-4], "little")
+        body = sorted((a, b) for a, b in ranges if a < footer)
+        assert all(b <= footer for _, b in body), f"{name}: a read crossed into the footer"
+        assert all(b1 <= a2 for (_, b1), (a2, _) in zip(body, body[1:])), f"{name}: bytes sent twice: {body}"
+        assert body and body[0][0] <= 4 + 64 and body[-1][1] >= footer - 64  # every row group was read
 
 
 @pytest.mark.parametrize("subset, extra", [
@@ -118,11 +131,7 @@ def test_a_fetch_on_dask_writes_the_same_bytes_as_a_local_one(world, cluster, to
     folder = subset
     assert files_of(tmp_path / "remote" / folder) == files_of(tmp_path / "local" / folder)
     assert files_of(tmp_path / "remote" / folder)
-    # the workers downloaded each file once, and deleted their copies once the fetch had appended them
-    files = [f for f in world.hub.downloaded_files() if f.startswith(f"{subset}/") and f.endswith(".parquet")]
-    assert whole_downloads(world.hub) == Counter({f: 1 for f in files})
-    assert len(files) == len(SIZES[subset])
-    assert not [p for p in world.staging("cluster").rglob("*.parquet")]
+    downloaded_once(world.hub, subset)
 
 
 def test_a_scheduler_file_names_the_cluster(world, cluster, tmp_path):

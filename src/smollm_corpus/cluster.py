@@ -2,11 +2,10 @@
 
 The machine running the fetch plans the chunks, appends the finished parts in dataset order
 and checkpoints, exactly as with local workers, so the output does not depend on where the
-chunks ran. Workers bring the source files themselves: a file in a folder they can see is read
-in place; a file on the Hub is downloaded by the first task of that file on a machine, into a
-folder shared by that machine's workers (``SMOLLM_CORPUS_STAGING``, default a folder in the
-system's temporary directory), and deleted once the fetch has appended all of it. The tasks of
-one file go to one machine, so each file is downloaded once per run across the cluster.
+chunks ran. Workers read the source files themselves: a file in a folder they can see (or in
+their Hugging Face cache) in place, a file on the Hub by range requests for the row groups of
+their chunk only (:mod:`remote`), so each file is downloaded once across the cluster and no
+worker needs disk for it.
 
 Imported only when a fetch is given a cluster: ``distributed`` is an optional dependency.
 """
@@ -16,19 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
-import hashlib
 import logging
 import os
 import queue as queue_module
-import shutil
-import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from concurrent.futures import Future
-from pathlib import Path
 
 from . import __version__, source, worker
 from .errors import SmollmCorpusError, UsageError
@@ -37,7 +30,6 @@ from .source import SourceFile
 try:
     import dask
     import distributed
-    from distributed.comm import get_address_host
 except ImportError:  # pragma: no cover - depends on the installation
     raise UsageError(
         "running on a Dask cluster needs Dask's distributed package on this machine and on every worker: "
@@ -78,9 +70,6 @@ class DaskPool:
         self.address, self.wait = address, wait
         self.queue: queue_module.SimpleQueue = queue_module.SimpleQueue()
         self._futures: dict[int, distributed.Future] = {}  # running chunks: kept, or Dask forgets them
-        self._hosts: dict[int, str] = {}  # source file index -> the machine its tasks go to
-        self._remote: dict[int, SourceFile] = {}  # files the workers download, until released
-        self._busy: Counter = Counter()  # tasks submitted and not finished, per machine
         self._lock = threading.Lock()
         self._job: worker.Job | None = None
         self._job_future = None
@@ -114,22 +103,16 @@ class DaskPool:
         """Run ``chunk`` on the cluster; the returned future gives its :class:`parts.PartInfo`."""
         if job is not self._job:
             self._job, self._job_future = job, self._send(job)
-        host = self._host(chunk.file)
-        future = self.client.submit(
-            _run_task, self._job_future, chunk, self._topic, __version__,
-            key=f"smollm-corpus-{self._run}-{chunk.index}", pure=False,
-            workers=[host] if host else None, allow_other_workers=bool(host),
-        )
+        future = self.client.submit(_run_task, self._job_future, chunk, self._topic, __version__,
+                                    key=f"smollm-corpus-{self._run}-{chunk.index}", pure=False)
         result: Future = Future()
         result.set_running_or_notify_cancel()
         with self._lock:
             self._futures[chunk.index] = future
-            self._busy[host] += 1
 
         def done(finished: distributed.Future) -> None:
             with self._lock:
                 self._futures.pop(chunk.index, None)
-                self._busy[host] -= 1
             try:
                 result.set_result(finished.result())
             except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the chunk
@@ -143,21 +126,6 @@ class DaskPool:
         it again if every worker that held it is gone (scattered data would be lost with them)."""
         with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"}):  # large on purpose, once
             return self.client.submit(_the_job, job, key=f"smollm-corpus-{self._run}-job", pure=False)
-
-    def _host(self, file: SourceFile) -> str | None:
-        """The machine whose workers read ``file``: the least busy when its first chunk is sent.
-
-        None where the file needs no download (a local path): then any worker may read it.
-        """
-        if source.is_local(file.location):
-            return None
-        host = self._hosts.get(file.index)
-        if host is None:
-            hosts = {get_address_host(address) for address in self._nthreads}
-            with self._lock:
-                host = min(sorted(hosts), key=lambda h: self._busy[h])
-            self._hosts[file.index], self._remote[file.index] = host, file
-        return host
 
     def _wait_for_workers(self) -> dict[str, int]:
         nthreads = self.client.nthreads()
@@ -200,21 +168,16 @@ class DaskPool:
                                "what was written is kept: start workers, then run the same command again to resume")
 
     def release(self, files: list[SourceFile]) -> None:
-        """Delete the workers' downloads of ``files``: every chunk of them is appended."""
-        locations = [self._remote.pop(f.index).location for f in files if f.index in self._remote]
-        if locations and not self._stopped:
-            with contextlib.suppress(Exception):  # a worker that is gone has nothing to delete
-                self.client.run(_release, locations, wait=False)
+        """Nothing: the workers keep no copy of the source files."""
 
     def stop(self) -> None:
-        """Cancel what is still queued on the cluster, delete the workers' downloads, and disconnect."""
+        """Cancel what is still queued on the cluster, and disconnect."""
         if self._stopped:
             return
         with self._lock:
             futures = list(self._futures.values())
         with contextlib.suppress(Exception):
             self.client.cancel(futures)
-        self.release(list(self._remote.values()))  # a rerun downloads again the few files that were in progress
         self._stopped = True
         with contextlib.suppress(Exception):
             self.client.unsubscribe_topic(self._topic)
@@ -281,18 +244,16 @@ def _the_job(job: worker.Job) -> worker.Job:
 # -- on the workers --------------------------------------------------------------------------------
 
 _one_at_a_time = threading.Lock()
-_acquired: set[str] = set()
 
 
 def _run_task(job: worker.Job, chunk: worker.Chunk, topic: str, version: str):
-    """A chunk's work, on a worker: bring its file, then what a local worker does."""
+    """A chunk's work, on a worker: what a local worker does, reading the file where this machine finds it."""
     if version != __version__:
         raise ClusterError(f"this Dask worker runs smollm-corpus {__version__}, and the fetch {version}; "
                            "install the same version everywhere")
     if job.tokenizer is not None:  # one chunk per thread of the worker: the tokenizer's own threads would compete
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    path = _bring(chunk.file)
-    chunk = dataclasses.replace(chunk, path=str(path))
+    chunk = dataclasses.replace(chunk, path=source.local_copy(chunk.file.location) or chunk.file.location)
     with _one_at_a_time if job.one_at_a_time else contextlib.nullcontext():
         return worker.run_chunk(job, chunk, _Events(topic))
 
@@ -306,32 +267,3 @@ class _Events:
 
     def put(self, report: tuple) -> None:
         self.worker.log_event(self.topic, list(report))
-
-
-def _bring(file: SourceFile) -> Path:
-    """A local copy of ``file``, downloaded once per machine: the machine's other workers wait for it."""
-    if source.is_local(file.location):
-        return Path(file.location)
-    folder = _folder(file.location)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # across processes: huggingface_hub's own lock lets two download
-        try:
-            return source.acquire(file, folder)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _folder(location: str) -> Path:
-    """Where a machine's workers keep their copy of the file at ``location`` (an hf:// URL pinned to a commit)."""
-    staging = os.environ.get("SMOLLM_CORPUS_STAGING") or Path(tempfile.gettempdir()) / "smollm-corpus-staging"
-    return Path(staging) / hashlib.sha256(location.encode()).hexdigest()[:24]
-
-
-async def _release(locations: list[str]) -> None:
-    """Delete this machine's copies of the files at ``locations`` (a coroutine: client.run need not wait for it)."""
-    def remove() -> None:
-        for location in locations:
-            shutil.rmtree(_folder(location), ignore_errors=True)
-
-    await asyncio.to_thread(remove)

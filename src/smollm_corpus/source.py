@@ -201,7 +201,7 @@ def _rows(builder, split: str) -> int | None:
 @contextlib.contextmanager
 def _open(location: str) -> Iterator:
     """Open a file for small reads: from disk where it is local or cached, else by HTTP range requests."""
-    local = _local_copy(location)
+    local = local_copy(location)
     if local is not None:
         with open(local, "rb") as f:
             yield f
@@ -212,7 +212,7 @@ def _open(location: str) -> Iterator:
         yield f
 
 
-def _local_copy(location: str) -> str | None:
+def local_copy(location: str) -> str | None:
     """The path of ``location`` on this machine: itself, or its copy in the Hugging Face cache."""
     match = _HF_URL.match(location)
     if match is None:
@@ -237,7 +237,7 @@ def acquire(file: SourceFile, staging: Path) -> Path:
     other is downloaded into ``staging``, and :func:`release` deletes it once it has been
     read, which keeps disk use to the files in progress.
     """
-    local = _local_copy(file.location)
+    local = local_copy(file.location)
     if local is not None:
         return Path(local)
     from huggingface_hub import hf_hub_download
@@ -386,11 +386,10 @@ def read_metadata(file: SourceFile, path: Path | str) -> pq.FileMetaData:
         SourceError: the copy is not a readable parquet file, or the Hub cannot be read.
     """
     if not is_local(str(path)):
-        def footer() -> pq.FileMetaData:
-            with _open(str(path)) as f, damaged(file, Path(file.name)):
-                return pq.read_metadata(f)
+        from . import remote
 
-        return _with_retries(footer, file.name)
+        with damaged(file, Path(file.name)):
+            return _with_retries(lambda: remote.footer(str(path)), file.name).metadata
     with damaged(file, Path(path)):
         return pq.read_metadata(path)
 
@@ -408,22 +407,38 @@ def damaged(file: SourceFile, path: Path) -> Iterator[None]:
 
 
 def read_rows(
-    path: Path, columns: list[str], start: int = 0, stop: int | None = None, batch_size: int = 1024
+    path: Path | str, columns: list[str], start: int = 0, stop: int | None = None, batch_size: int = 1024
 ) -> Iterator[pa.RecordBatch]:
-    """Rows ``start`` to ``stop`` of a parquet file, in order, reading only the row groups that hold them."""
-    # pre_buffer would read every requested row group up front: memory would grow with the file
-    pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-    stop = pf.metadata.num_rows if stop is None else min(stop, pf.metadata.num_rows)
+    """Rows ``start`` to ``stop`` of a parquet file, in order, reading only the row groups that hold them.
+
+    ``path`` is a local file, or a location on the Hub (``hf://``) whose footer and row groups are then
+    downloaded with range requests: only the bytes of those row groups.
+
+    Raises:
+        SourceError: the Hub cannot be read (after retries).
+    """
+    if is_local(str(path)):
+        # pre_buffer would read every requested row group up front: memory would grow with the file
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+        meta = pf.metadata
+    else:
+        from . import remote
+
+        found = _with_retries(lambda: remote.footer(str(path)), str(path))
+        meta = found.metadata
+    stop = meta.num_rows if stop is None else min(stop, meta.num_rows)
     groups, first = [], None
     offset = 0
-    for g in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
         if offset < stop and offset + n > start:
             groups.append(g)
             first = offset if first is None else first
         offset += n
     if not groups:
         return
+    if not is_local(str(path)):
+        pf = _with_retries(lambda: remote.row_groups(str(path), found, groups), str(path))
     position = first
     for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns, use_threads=False):
         lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)

@@ -192,7 +192,7 @@ def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event |
     rows = 0
     reported, last_report = [0, 0, 0, {}], time.monotonic()
     try:
-        for batch in source.read_rows(Path(chunk.path), list(job.columns), chunk.start, chunk.stop, job.batch_rows):
+        for batch in source.read_rows(chunk.path, list(job.columns), chunk.start, chunk.stop, job.batch_rows):
             if stopping is not None and stopping.is_set():
                 raise Stopped
             first, count = rows, batch.num_rows
