@@ -184,6 +184,21 @@ def test_a_document_of_fewer_words_than_an_ngram_and_empty_batches():
     assert d.check([]) == []
 
 
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
+def test_the_stage_reads_arrow_text_as_check_reads_python_strings(decontaminator, kind):
+    texts = [None, *DOCUMENTS, "", SIGMA.upper() + " " + FILLER, *reversed(DOCUMENTS)]
+    expected = decontaminator.check(["" if t is None else t for t in texts])
+    column = pa.array(["earlier rows"] * 3 + texts, kind).slice(3)  # a slice: its bytes do not start at 0
+    batch = pa.record_batch({"text": column, "row": pa.array(range(len(texts)))})
+    kept, rows, skipped = decontaminator(batch, pa.array(range(100, 100 + len(texts)), pa.int64()))
+    dropped = [i for i, c in enumerate(expected) if c is not None]
+    assert len(dropped) == 2 * len(EXPECTED) + 1
+    assert kept.column("row").to_pylist() == [r - 100 for r in rows.to_pylist()] == \
+        [i for i in range(len(texts)) if i not in dropped]
+    assert [(row, reason) for row, reason, _ in skipped] == [(100 + i, "contaminated") for i in dropped]
+    assert [json.loads(detail)["sample"] for _, _, detail in skipped] == [expected[i].sample for i in dropped]
+
+
 def test_threads_share_one_decontaminator():
     d = Decontaminator(benchmarks(SAMPLES, TASKS))
     expected = Decontaminator(benchmarks(SAMPLES, TASKS)).check(DOCUMENTS * 20)

@@ -226,7 +226,7 @@ def fetch(
     if tokens:  # each worker encodes its own chunk on its own core: the tokenizer's own thread pool would compete
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = in_threads(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes,
-                         spec.hydrated or decontaminator is not None)
+                         spec.hydrated)
     with _pool(num_proc, threads, dask, dask_wait) as pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, spec.config, pinned or revision, split)

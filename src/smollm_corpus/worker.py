@@ -79,7 +79,8 @@ def in_threads(template: Template, format: str, max_bytes: int | None, python_st
     That is Arrow's work (a template that is one string column as is, written as txt) and
     tokenizing (the tokenizer lets go of the GIL: measured 1.6 to 1.8x one thread's speed on 2
     cores, against processes that each start, build the tokenizer and send their tokens back).
-    ``python_stages``: a stage holds the GIL (S3 requests, decontamination); row filters are Arrow's.
+    ``python_stages``: a stage holds the GIL (S3 requests); row filters are Arrow's, and
+    decontamination scans in numpy, which lets go of the GIL (only the rare documents it diffs hold it).
     Judged before the schema is known: a placeholder that turns out not to be a string column is
     rendered in Python, which is correct, only slower in threads.
     """
