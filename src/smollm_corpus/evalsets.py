@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SourceError, UsageError
-from .source import _with_retries
+from .source import hub_download
 
 DEFAULT_BENCHMARKS = "HuggingFaceTB/phi2_eval_data_for_decontamination"
 _SUFFIXES = (".parquet", ".jsonl")
@@ -81,24 +81,13 @@ def _download(repo: str) -> Path:
     except hf.HFValidationError:
         raise UsageError(f"benchmarks {repo!r} are not a file, a folder or a Hub dataset id; {_EXPECTED}") from None
 
-    def download() -> str:
-        try:
-            return snapshot_download(repo, repo_type="dataset", allow_patterns=[f"*{s}" for s in _SUFFIXES])
-        except hf.GatedRepoError:
-            raise  # the shared description says how to get access
-        except hf.RepositoryNotFoundError:
-            raise SourceError(
-                f"benchmarks {repo!r} are not a local file or folder, and the Hub has no dataset {repo} "
-                f"(or it is private: set HF_TOKEN); {_EXPECTED}"
-            ) from None
-        except hf.LocalEntryNotFoundError:
-            raise SourceError(
-                f"the benchmark dataset {repo} is not in the local cache and the Hub cannot be reached "
-                "(HF_HUB_OFFLINE is set, or the network is down); unset HF_HUB_OFFLINE, check the network or "
-                "HF_ENDPOINT, or give a local copy: a parquet or jsonl file, or a folder of them"
-            ) from None
-
-    return Path(_with_retries(download, f"the benchmark dataset {repo}"))
+    what = f"the benchmark dataset {repo}"
+    path = hub_download(
+        lambda: snapshot_download(repo, repo_type="dataset", allow_patterns=[f"*{s}" for s in _SUFFIXES]), what,
+        missing=f"benchmarks {repo!r} are not a local file or folder, and the Hub has no dataset {repo} "
+                f"(or it is private: set HF_TOKEN); {_EXPECTED}",
+        local="give a local copy: a parquet or jsonl file, or a folder of them")
+    return Path(path)
 
 
 def _train_files(folder: Path, ref: str) -> list[Path]:

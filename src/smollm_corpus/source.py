@@ -67,7 +67,7 @@ def resolve(repo: str, config: str, revision: str | None = None, split: str = "t
     local = _local_root(repo)
     if local is not None:
         return _resolve_local(local, config, split, repo)
-    return _with_retries(lambda: _resolve_hub(repo, config, split, revision), f"the Hub repository {repo}")
+    return with_retries(lambda: _resolve_hub(repo, config, split, revision), f"the Hub repository {repo}")
 
 
 def config_names(repo: str, revision: str | None = None) -> list[str]:
@@ -89,7 +89,7 @@ def config_names(repo: str, revision: str | None = None) -> list[str]:
         commit = HfApi().dataset_info(repo, revision=revision).sha  # pinned: datasets asks nothing else then
         return _reading(lambda: datasets.get_dataset_config_names(repo, revision=commit), repo)
 
-    return _with_retries(hub, f"the Hub repository {repo}")
+    return with_retries(hub, f"the Hub repository {repo}")
 
 
 def _local_root(repo: str) -> Path | None:
@@ -246,7 +246,7 @@ def acquire(file: SourceFile, staging: Path) -> Path:
     assert match is not None
     repo, revision, path = match.group("repo"), unquote(match.group("revision")), match.group("path")
     download = lambda: hf_hub_download(repo, path, repo_type="dataset", revision=revision, local_dir=staging)  # noqa: E731
-    return Path(_with_retries(download, file.name))
+    return Path(with_retries(download, file.name))
 
 
 def release(file: SourceFile, staging: Path) -> None:
@@ -320,7 +320,7 @@ class Remote:
         pass
 
 
-def _with_retries(call: Callable[[], T], what: str) -> T:
+def with_retries(call: Callable[[], T], what: str) -> T:
     """Run ``call``, retrying transient Hub errors with exponential backoff and jitter."""
     for attempt in range(RETRY_ATTEMPTS):
         try:
@@ -333,6 +333,33 @@ def _with_retries(call: Callable[[], T], what: str) -> T:
                 raise SourceError(message) from e
             time.sleep(RETRY_BASE_SECONDS * 2**attempt * (0.5 + random.random() / 2))
     raise AssertionError("unreachable")
+
+
+def hub_download(call: Callable[[], T], what: str, missing: str, local: str) -> T:
+    """Run the Hub download ``call`` with retries, its two most common failures told in the caller's words.
+
+    ``missing``: the whole message for a repository the Hub does not have; ``local``: what local copy
+    can be given instead, for a file that is not cached while the Hub cannot be reached.
+
+    Raises:
+        SourceError: the download failed (after retries, where worth retrying).
+    """
+    from huggingface_hub import errors as hf
+
+    def attempt() -> T:
+        try:
+            return call()
+        except hf.GatedRepoError:
+            raise  # describe_hub_error says how to get access
+        except hf.RepositoryNotFoundError:
+            raise SourceError(missing) from None
+        except hf.LocalEntryNotFoundError:
+            raise SourceError(
+                f"{what} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is set, or the "
+                f"network is down); unset HF_HUB_OFFLINE, check the network or HF_ENDPOINT, or {local}"
+            ) from None
+
+    return with_retries(attempt, what)
 
 
 def describe_hub_error(e: Exception, what: str) -> tuple[bool, str]:
@@ -389,7 +416,7 @@ def read_metadata(file: SourceFile, path: Path | str) -> pq.FileMetaData:
         from . import remote
 
         with damaged(file, Path(file.name)):
-            return _with_retries(lambda: remote.footer(str(path)), file.name).metadata
+            return with_retries(lambda: remote.footer(str(path)), file.name).metadata
     with damaged(file, Path(path)):
         return pq.read_metadata(path)
 
@@ -424,7 +451,7 @@ def read_rows(
     else:
         from . import remote
 
-        found = _with_retries(lambda: remote.footer(str(path)), str(path))
+        found = with_retries(lambda: remote.footer(str(path)), str(path))
         meta = found.metadata
     stop = meta.num_rows if stop is None else min(stop, meta.num_rows)
     groups, first = [], None
@@ -438,7 +465,7 @@ def read_rows(
     if not groups:
         return
     if not is_local(str(path)):
-        pf = _with_retries(lambda: remote.row_groups(str(path), found, groups), str(path))
+        pf = with_retries(lambda: remote.row_groups(str(path), found, groups), str(path))
     position = first
     for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns, use_threads=False):
         lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)

@@ -158,7 +158,7 @@ def _download(repo: str, given: str) -> tuple[Path, str | None]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import validate_repo_id
 
-    from .source import _with_retries
+    from .source import hub_download
 
     try:
         validate_repo_id(repo)
@@ -168,26 +168,18 @@ def _download(repo: str, given: str) -> tuple[Path, str | None]:
     def download() -> str:
         try:
             return hf_hub_download(repo, _FILE)
-        except hf.GatedRepoError:
-            raise  # the shared description says how to get access
-        except hf.RepositoryNotFoundError:
-            raise SourceError(
-                f"tokenizer {given!r} is not a local file or folder, and the Hub has no model {repo} "
-                f"(or it is private: set HF_TOKEN); {_USE}"
-            ) from None
         except hf.LocalEntryNotFoundError:
-            raise SourceError(
-                f"the tokenizer of {repo} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE "
-                "is set, or the network is down); unset HF_HUB_OFFLINE, check the network or HF_ENDPOINT, "
-                "or pass a local tokenizer.json"
-            ) from None
+            raise  # a kind of EntryNotFoundError: hub_download tells it
         except hf.EntryNotFoundError:
             raise SourceError(
                 f"the Hub model {repo} has no {_FILE} (only fast tokenizers can be used); "
                 f"convert it with transformers' save_pretrained, or {_USE}"
             ) from None
 
-    path = Path(_with_retries(download, f"the tokenizer of {repo}"))
+    path = Path(hub_download(download, f"the tokenizer of {repo}",
+                             missing=f"tokenizer {given!r} is not a local file or folder, and the Hub has no model "
+                                     f"{repo} (or it is private: set HF_TOKEN); {_USE}",
+                             local="pass a local tokenizer.json"))
     # the cache keeps each file under snapshots/<commit>/
     commit = path.parent.name
     return path, commit if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit) else None
