@@ -7,6 +7,7 @@ once per chunk), however many machines share it, and nothing is written to the w
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from dataclasses import dataclass
@@ -73,11 +74,14 @@ class Pieces(io.RawIOBase):
         return len(data)
 
 
+@functools.lru_cache(maxsize=16)
 def footer(location: str) -> Footer:
-    """The footer of the parquet file at ``location`` (an hf:// URL): its length, then exactly its bytes.
+    """The footer of the parquet file at ``location`` (an hf:// URL, pinned to a commit): its length, then
+    exactly its bytes.
 
     Two small requests rather than one guess of the footer's size, so that no byte of the row
-    groups before it is downloaded twice.
+    groups before it is downloaded twice; kept for the next chunks of the same files that this
+    process reads (a file of the Hub has hundreds of chunks, spread over the workers).
     """
     with _open(location) as f:
         size = f.size
