@@ -141,6 +141,19 @@ def test_a_scheduler_file_names_the_cluster(world, cluster, tmp_path):
     assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
 
 
+def test_the_hub_failing_now_and_then_changes_nothing(world, cluster, tmp_path):
+    local = world.fetch(tmp_path / "local", "cosmopedia-v2")
+    world.hub.fail_next(3, 503, match="/repos/")  # the "CDN" that answers the workers' range requests
+    world.hub.rate_limit(2, match="/repos/")
+    try:
+        remote = world.fetch(tmp_path / "remote", "cosmopedia-v2", "--dask", cluster.address)
+    finally:
+        world.hub.clear_failures()
+    assert remote.returncode == 0, remote.stderr
+    assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
+    assert sum(r.status in (429, 503) for r in world.hub.requests) == 5
+
+
 def test_a_worker_killed_mid_run_changes_nothing(world, cluster, tmp_path):
     local = world.fetch(tmp_path / "local", "fineweb-edu-dedup")
     assert local.returncode == 0, local.stderr
