@@ -136,6 +136,7 @@ def test_a_fetch_on_dask_writes_the_same_bytes_as_a_local_one(world, cluster, to
 
 def test_a_scheduler_file_names_the_cluster(world, cluster, tmp_path):
     local = world.fetch(tmp_path / "local", "cosmopedia-v2")
+    assert local.returncode == 0, local.stderr
     remote = world.fetch(tmp_path / "remote", "cosmopedia-v2", "--dask-scheduler-file", str(cluster.scheduler_file))
     assert remote.returncode == 0, remote.stderr
     assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
@@ -143,6 +144,7 @@ def test_a_scheduler_file_names_the_cluster(world, cluster, tmp_path):
 
 def test_the_hub_failing_now_and_then_changes_nothing(world, cluster, tmp_path):
     local = world.fetch(tmp_path / "local", "cosmopedia-v2")
+    assert local.returncode == 0, local.stderr
     world.hub.fail_next(3, 503, match="/repos/")  # the "CDN" that answers the workers' range requests
     world.hub.rate_limit(2, match="/repos/")
     try:
@@ -185,6 +187,7 @@ def test_kill_9_of_the_command_then_a_rerun_resumes_to_the_same_bytes(world, clu
 
 def test_ctrl_c_stops_the_cluster_work_and_a_rerun_resumes(world, cluster, tmp_path):
     local = world.fetch(tmp_path / "local", "fineweb-edu-dedup")
+    assert local.returncode == 0, local.stderr
     proc = world.popen(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
     manifest = tmp_path / "remote" / "fineweb-edu-dedup" / "manifest.json"
     deadline = time.monotonic() + 60
@@ -204,6 +207,7 @@ def test_ctrl_c_stops_the_cluster_work_and_a_rerun_resumes(world, cluster, tmp_p
 
 def test_no_worker_then_every_worker_gone_exits_1_and_a_rerun_resumes(world, tmp_path):
     local = world.fetch(tmp_path / "local", "fineweb-edu-dedup")
+    assert local.returncode == 0, local.stderr
     with world.cluster("lonely") as cluster:
         cluster.stop_workers()
         started = time.monotonic()
@@ -278,6 +282,7 @@ def test_a_tls_cluster_is_used_with_dasks_security_settings(world, tmp_path):
     tls_env = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(ca), "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(cert),
                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(key), "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
     local = world.fetch(tmp_path / "local", "cosmopedia-v2")
+    assert local.returncode == 0, local.stderr
     with world.cluster("tls", nworkers=1, tls=(ca, cert, key)) as cluster:
         assert cluster.address.startswith("tls://127.0.0.1:")
         bare = world.fetch(tmp_path / "bare", "cosmopedia-v2", "--dask", cluster.address, "--dask-wait", "3")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fakehub import FakeHub, fake_hub_env
-from smollm_corpus import source
+from smollm_corpus import hub as hub_module
 from smollm_corpus.decontaminate import MAX_SAMPLES, Contamination, Decontaminator, normalize
 from smollm_corpus.evalsets import DEFAULT_BENCHMARKS, Benchmarks, load_benchmarks
 from smollm_corpus.errors import SourceError, UsageError
@@ -279,7 +279,7 @@ def test_the_default_benchmarks_come_from_the_hub_once_then_from_the_cache(tmp_p
 
 
 def test_transient_hub_errors_are_retried(tmp_path, monkeypatch):
-    monkeypatch.setattr(source, "RETRY_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(hub_module, "RETRY_BASE_SECONDS", 0.01)
     (tmp_path / "repo").mkdir()
     write_jsonl(tmp_path / "repo" / "train.jsonl", ROWS)
     with FakeHub(tmp_path / "repo", repo_id="acme/evals") as hub:

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from fakehub import DEFAULT_REPO_ID, DEFAULT_SHA, FakeHub, fake_hub_env
-from smollm_corpus import fetch, source
+from smollm_corpus import fetch
+from smollm_corpus import hub as hub_module
 from smollm_corpus.errors import SourceError
 
 from conftest import run_cli
@@ -57,7 +58,7 @@ def test_files_already_in_the_hf_cache_are_read_from_there_and_kept(hub, tmp_pat
 
 def test_transient_hub_errors_are_retried(hub, tmp_path, monkeypatch):
     blocked = fake_hub_env(monkeypatch, hub, tmp_path)
-    monkeypatch.setattr(source, "RETRY_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(hub_module, "RETRY_BASE_SECONDS", 0.01)
     hub.fail_next(2, 503, match="/api/datasets/")
     hub.rate_limit(1, match="/api/datasets/")
     result = fetch("cosmopedia-v2", tmp_path / "out", limit=10)
@@ -75,7 +76,7 @@ def test_transient_hub_errors_are_retried(hub, tmp_path, monkeypatch):
 )
 def test_hub_failures_name_the_cause_and_the_remedy(hub, tmp_path, monkeypatch, setup, message):
     blocked = fake_hub_env(monkeypatch, hub, tmp_path)
-    monkeypatch.setattr(source, "RETRY_BASE_SECONDS", 0.001)
+    monkeypatch.setattr(hub_module, "RETRY_BASE_SECONDS", 0.001)
     setup(hub)
     with pytest.raises(SourceError) as info:
         fetch("cosmopedia-v2", tmp_path / "out", limit=10)
@@ -94,7 +95,7 @@ def test_unreachable_hub_says_so(mirror, tmp_path, monkeypatch):
     with FakeHub(mirror) as hub:
         blocked = fake_hub_env(monkeypatch, hub, tmp_path)
         endpoint = hub.endpoint
-    monkeypatch.setattr(source, "RETRY_BASE_SECONDS", 0.001)
+    monkeypatch.setattr(hub_module, "RETRY_BASE_SECONDS", 0.001)
     with pytest.raises(SourceError) as info:  # the hub has stopped: nothing listens there now
         fetch("cosmopedia-v2", tmp_path / "out")
     assert f"cannot reach the Hub at {endpoint}" in str(info.value)

@@ -13,7 +13,7 @@ from tokenizers import AddedToken, Tokenizer as FastTokenizer
 
 import toytokenizer
 from fakehub import FakeHub, fake_hub_env
-from smollm_corpus import source
+from smollm_corpus import hub as hub_module
 from smollm_corpus import tokenizer as tokenizer_module
 from smollm_corpus.errors import SourceError, UsageError
 from smollm_corpus.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
@@ -114,7 +114,7 @@ def test_gpt2_and_the_default_name_their_hub_models(folder, tmp_path, monkeypatc
 
 
 def test_transient_hub_errors_are_retried(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(source, "RETRY_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(hub_module, "RETRY_BASE_SECONDS", 0.01)
     with serve(folder, "acme/tiny-lm") as hub:
         fake_hub_env(monkeypatch, hub, tmp_path)
         hub.fail_next(2, 503, match="tokenizer.json")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SourceError, UsageError
-from .source import hub_download
+from .hub import hub_download
 
 DEFAULT_BENCHMARKS = "HuggingFaceTB/phi2_eval_data_for_decontamination"
 _SUFFIXES = (".parquet", ".jsonl")

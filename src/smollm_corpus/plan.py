@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 
-from .source import Downloads, Source, read_metadata
+from .downloads import Downloads
+from .source import Source, read_metadata
 from .worker import HYDRATE_ROWS, Chunk
 
 #: data per chunk of a text subset (uncompressed, whole row groups): small enough that appends

@@ -16,6 +16,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from . import downloads as downloads_module
 from . import formats, parts, plan, shards, signals, source
 from .errors import SmollmCorpusError, writing
 from .manifest import Manifest
@@ -74,7 +75,7 @@ class Run:
         if stats.rows:
             log.info("resuming %s after %d rows already written", self.spec.name, stats.rows)
         ahead = 1 if self.limit is not None else min(pool.size, DOWNLOADS_AHEAD)
-        downloads = source.Downloads(self.staging_dir, ahead) if pool.local_files else source.Remote()
+        downloads = downloads_module.Downloads(self.staging_dir, ahead) if pool.local_files else downloads_module.Remote()
         if self.tokens:
             out = shards.TokenFiles(self.folder, self.tokens.layout(self.spec.prefix), self.manifest, self.manifest_path,
                                     self.tokens.tokenizer.vocab_size)
@@ -209,7 +210,7 @@ class Run:
             self._appended.append(chunk)
         return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
 
-    def _checkpoint(self, out: Output, downloads: source.Downloads, pool: WorkerPool, wait: bool = False) -> None:
+    def _checkpoint(self, out: Output, downloads: downloads_module.Downloads, pool: WorkerPool, wait: bool = False) -> None:
         """Checkpoint the output; once that is durable, delete the downloads of files read to the end."""
         done = [c.file for c in self._appended if c.ends_file]
         self._appended.clear()

@@ -1,22 +1,19 @@
-"""Loading: resolve a dataset's parquet files on the Hub (or in a local mirror) and bring them to disk.
+"""Loading: resolve a dataset's parquet files on the Hub (or in a local mirror), and read their rows.
 
 Config, data files, schema and sizes come from ``datasets`` (the repository's README front
 matter, exactly as ``load_dataset`` reads it). Files are then read one at a time with
 pyarrow instead of through ``load_dataset``'s Arrow cache, which would need 1.7x the whole
-subset on disk before the first document could be written. Downloads go through
-``huggingface_hub``, so HF_TOKEN, HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE apply.
+subset on disk before the first document could be written (:mod:`downloads` brings them to disk,
+or :mod:`remote` reads parts of them). Everything goes through ``huggingface_hub``, so HF_TOKEN,
+HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE apply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -25,13 +22,10 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SmollmCorpusError, SourceError, UsageError
-from .signals import block_in_this_thread
+from .errors import SourceError, UsageError
+from .hub import with_retries
 
-_HF_URL = re.compile(r"^hf://datasets/(?P<repo>.+?)@(?P<revision>[^/]+)/(?P<path>.+)$")
-#: attempts and first delay for transient Hub errors (429, 5xx, connection drops)
-RETRY_ATTEMPTS = 5
-RETRY_BASE_SECONDS = 1.0
+HF_URL = re.compile(r"^hf://datasets/(?P<repo>.+?)@(?P<revision>[^/]+)/(?P<path>.+)$")
 T = TypeVar("T")
 _LAID_OUT = "expected a folder laid out like the Hub repository: "
 
@@ -172,7 +166,7 @@ def _data_files(builder, config: str, split: str, given: str) -> list[str]:
 
 
 def _repo_path(location: str) -> str:
-    match = _HF_URL.match(location)
+    match = HF_URL.match(location)
     return match.group("path") if match else location
 
 
@@ -214,7 +208,7 @@ def _open(location: str) -> Iterator:
 
 def local_copy(location: str) -> str | None:
     """The path of ``location`` on this machine: itself, or its copy in the Hugging Face cache."""
-    match = _HF_URL.match(location)
+    match = HF_URL.match(location)
     if match is None:
         return location
     from huggingface_hub import try_to_load_from_cache
@@ -227,183 +221,7 @@ def local_copy(location: str) -> str | None:
 
 def is_local(location: str) -> bool:
     """Whether ``location`` is a path on disk rather than a file on the Hub."""
-    return _HF_URL.match(location) is None
-
-
-def acquire(file: SourceFile, staging: Path) -> Path:
-    """A local path to ``file``.
-
-    A file already in the Hugging Face cache is read from there and left in place; any
-    other is downloaded into ``staging``, and :func:`release` deletes it once it has been
-    read, which keeps disk use to the files in progress.
-    """
-    local = local_copy(file.location)
-    if local is not None:
-        return Path(local)
-    from huggingface_hub import hf_hub_download
-
-    match = _HF_URL.match(file.location)
-    assert match is not None
-    repo, revision, path = match.group("repo"), unquote(match.group("revision")), match.group("path")
-    download = lambda: hf_hub_download(repo, path, repo_type="dataset", revision=revision, local_dir=staging)  # noqa: E731
-    return Path(with_retries(download, file.name))
-
-
-def release(file: SourceFile, staging: Path) -> None:
-    """Delete the copy of ``file`` that :func:`acquire` downloaded into ``staging``, if any."""
-    with contextlib.suppress(FileNotFoundError):
-        (staging / file.name).unlink()
-
-
-class Downloads:
-    """Brings source files to local disk ahead of need, ``ahead`` at a time, in threads.
-
-    Downloading is waiting on the network, so it happens here, in the main process, while the
-    worker processes render the files already on disk.
-    """
-
-    def __init__(self, staging: Path, ahead: int) -> None:
-        self.staging = staging
-        self._slots = threading.Semaphore(ahead)
-        self._files: dict[SourceFile, Future] = {}
-
-    def start(self, files: Iterable[SourceFile]) -> None:
-        for file in files:
-            if file not in self._files:
-                self._files[file] = future = Future()
-                # A daemon thread: a run that stops does not wait for downloads it no longer needs
-                # (an interrupted download resumes from its .incomplete file next time).
-                threading.Thread(target=self._download, args=(file, future), daemon=True,
-                                 name=f"download-{file.index}").start()
-
-    def _download(self, file: SourceFile, future: Future) -> None:
-        block_in_this_thread()
-        with self._slots:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(acquire(file, self.staging))
-            except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the file
-                future.set_exception(e)
-
-    def get(self, file: SourceFile) -> Path:
-        """The local path of ``file``, once it is there."""
-        self.start([file])
-        return self._files[file].result()
-
-    def release(self, file: SourceFile) -> None:
-        self._files.pop(file, None)
-        release(file, self.staging)
-
-    def close(self) -> None:
-        for future in list(self._files.values()):
-            future.cancel()
-
-
-class Remote:
-    """Leaves the source files where they are, for workers elsewhere (a Dask cluster) to bring themselves.
-
-    The same interface as :class:`Downloads`; a file's "path" is its location, whose footer
-    :func:`read_metadata` reads with a few range requests.
-    """
-
-    def start(self, files: Iterable[SourceFile]) -> None:
-        pass
-
-    def get(self, file: SourceFile) -> str:
-        return file.location
-
-    def release(self, file: SourceFile) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def with_retries(call: Callable[[], T], what: str) -> T:
-    """Run ``call``, retrying transient Hub errors with exponential backoff and jitter."""
-    for attempt in range(RETRY_ATTEMPTS):
-        try:
-            return call()
-        except SmollmCorpusError:
-            raise
-        except Exception as e:  # noqa: BLE001 - classified below, re-raised as SourceError
-            transient, message = describe_hub_error(e, what)
-            if not transient or attempt == RETRY_ATTEMPTS - 1:
-                raise SourceError(message) from e
-            time.sleep(RETRY_BASE_SECONDS * 2**attempt * (0.5 + random.random() / 2))
-    raise AssertionError("unreachable")
-
-
-def hub_download(call: Callable[[], T], what: str, missing: str, local: str) -> T:
-    """Run the Hub download ``call`` with retries, its two most common failures told in the caller's words.
-
-    ``missing``: the whole message for a repository the Hub does not have; ``local``: what local copy
-    can be given instead, for a file that is not cached while the Hub cannot be reached.
-
-    Raises:
-        SourceError: the download failed (after retries, where worth retrying).
-    """
-    from huggingface_hub import errors as hf
-
-    def attempt() -> T:
-        try:
-            return call()
-        except hf.GatedRepoError:
-            raise  # describe_hub_error says how to get access
-        except hf.RepositoryNotFoundError:
-            raise SourceError(missing) from None
-        except hf.LocalEntryNotFoundError:
-            raise SourceError(
-                f"{what} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is set, or the "
-                f"network is down); unset HF_HUB_OFFLINE, check the network or HF_ENDPOINT, or {local}"
-            ) from None
-
-    return with_retries(attempt, what)
-
-
-def describe_hub_error(e: Exception, what: str) -> tuple[bool, str]:
-    """Whether ``e`` is worth retrying, and a message naming its cause and remedy."""
-    from huggingface_hub import errors as hf
-
-    try:
-        from datasets.exceptions import DatasetNotFoundError
-    except ImportError:  # older datasets
-        DatasetNotFoundError = ()  # type: ignore[assignment]  # noqa: N806
-
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    if isinstance(e, hf.GatedRepoError) or (isinstance(e, DatasetNotFoundError) and "gated" in str(e).lower()):
-        return False, (
-            f"{what} is gated: accept its terms on the Hub, then set HF_TOKEN to a token of that account "
-            "(or run `hf auth login`)"
-        )
-    if isinstance(e, hf.RevisionNotFoundError):
-        return False, f"{what}: revision not found; check --revision (a branch, tag or commit of the repository)"
-    if isinstance(e, (hf.RepositoryNotFoundError, DatasetNotFoundError)):
-        return False, (
-            f"{what} was not found, or needs authentication: check --source, and set HF_TOKEN if it is private"
-        )
-    if isinstance(e, hf.LocalEntryNotFoundError) or "offline" in str(e).lower():
-        return False, (
-            f"{what} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is set, or "
-            "the network is down); unset HF_HUB_OFFLINE, check the network or HF_ENDPOINT, or use --source DIR"
-        )
-    # the remote miss is its own class in newer huggingface_hub, a subclass of EntryNotFoundError in older
-    if isinstance(e, (hf.EntryNotFoundError, getattr(hf, "RemoteEntryNotFoundError", hf.EntryNotFoundError))):
-        return False, f"{what} is not in the repository: check --source and --revision"
-    if status == 429:
-        return True, f"the Hub is rate-limiting requests for {what} (HTTP 429); wait a few minutes and rerun"
-    if status in (401, 403):
-        return False, f"the Hub refused access to {what} (HTTP {status}); set HF_TOKEN to a valid token"
-    if status is not None and status >= 500:
-        return True, f"the Hub answered HTTP {status} for {what}; it may be down: retry later"
-    if isinstance(e, (ConnectionError, TimeoutError, OSError)) or "connect" in type(e).__name__.lower() or "timeout" in type(e).__name__.lower():
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        return True, (
-            f"cannot reach the Hub at {endpoint} for {what} ({e}); check the network, proxy and HF_ENDPOINT, "
-            "then rerun the same command to resume"
-        )
-    return False, f"reading {what} failed: {type(e).__name__}: {e}"
+    return HF_URL.match(location) is None
 
 
 def read_metadata(file: SourceFile, path: Path | str) -> pq.FileMetaData:

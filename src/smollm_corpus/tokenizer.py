@@ -158,7 +158,7 @@ def _download(repo: str, given: str) -> tuple[Path, str | None]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import validate_repo_id
 
-    from .source import hub_download
+    from .hub import hub_download
 
     try:
         validate_repo_id(repo)
