@@ -85,16 +85,16 @@ def proxy(s3: str) -> Iterator[FaultProxy]:
         yield proxy
 
 
-CLIENT = "urllib3"
+CLIENT = "lean"
 
 
-@pytest.fixture(autouse=True, params=["urllib3", "boto3"])
+@pytest.fixture(autouse=True, params=["lean", "boto3"])
 def client(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test runs with both clients: they must behave alike in every case."""
     global CLIENT
     CLIENT = request.param
     yield request.param
-    CLIENT = "urllib3"
+    CLIENT = "lean"
 
 
 def hydrator(endpoint: str, threads: int = 4, **options: object) -> Hydrator:

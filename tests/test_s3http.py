@@ -1,12 +1,14 @@
-"""The urllib3 S3 client sends what boto3 would: its URL, and requests S3 accepts as signed by those credentials."""
+"""The lean S3 client sends what boto3 would: its URL, and requests S3 accepts as signed by those credentials."""
 
 from __future__ import annotations
 
 import datetime
 import gzip
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import botocore.session
@@ -17,6 +19,7 @@ from botocore.exceptions import ClientError
 from moto.core import enable_iam_authentication
 
 from s3servers import CREDENTIALS, moto_server, put_blobs
+from smollm_corpus import __version__
 from smollm_corpus.s3http import LeanGet, lean_get
 
 BUCKET = "s3http-signed"
@@ -41,7 +44,7 @@ def client(endpoint_url: str | None = None, region: str = "us-east-1", unsigned:
 
 def lean(endpoint_url: str | None = None, region: str = "us-east-1", unsigned: bool = False, bucket: str = "softwareheritage"):
     session, c = client(endpoint_url, region, unsigned)
-    return lean_get(c, None if unsigned else session.get_credentials(), bucket, 4, 1.0, 1.0)
+    return lean_get(c, None if unsigned else session.get_credentials(), bucket, 1.0, 1.0)
 
 
 @pytest.mark.parametrize(("endpoint", "region", "url"), [
@@ -118,7 +121,7 @@ def test_credentials_are_read_at_each_request_so_refreshed_ones_sign_the_next(si
         return {**current, "expiry_time": soon.isoformat()}
 
     credentials = RefreshableCredentials.create_from_metadata(refresh(), refresh, "test")
-    get = lean_get(client(signed_s3.endpoint)[1], credentials, BUCKET, 4, 1.0, 1.0)
+    get = lean_get(client(signed_s3.endpoint)[1], credentials, BUCKET, 1.0, 1.0)
     with enable_iam_authentication():
         assert gzip.decompress(get.get("content/" + BLOB)) == TEXT
     current["secret_key"] = "rotated-away"
@@ -140,3 +143,48 @@ def test_no_proxy_alone_or_bypassing_the_endpoint_keeps_the_lean_client(monkeypa
     assert lean("http://127.0.0.1:9000") is not None
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     assert lean("http://127.0.0.1:9000") is not None
+
+
+class _OneRequestPerConnection(BaseHTTPRequestHandler):
+    """Answers one GET, then closes the connection without saying so, as a server does with an idle one."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.user_agents.append(self.headers["User-Agent"])
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(TEXT)))
+        self.end_headers()
+        self.wfile.write(TEXT)
+        self.close_connection = True
+
+
+class _ClosingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _OneRequestPerConnection)
+        self.user_agents: list[str] = []
+        self.closed = threading.Semaphore(0)
+
+    def shutdown_request(self, request) -> None:
+        super().shutdown_request(request)
+        self.closed.release()
+
+
+def test_a_connection_the_server_closed_is_replaced_before_the_next_request_and_the_tool_names_itself():
+    server = _ClosingServer()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        get = lean(f"http://127.0.0.1:{server.server_address[1]}", unsigned=True)
+        for _ in range(3):
+            assert get.get("content/" + BLOB) == TEXT
+            assert server.closed.acquire(timeout=10)  # the next request finds its connection closed
+        get.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.user_agents == [f"smollm-corpus/{__version__}"] * 3

@@ -24,7 +24,6 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import Enum
 
-import boto3
 import botocore
 import pyarrow as pa
 import botocore.client
@@ -42,7 +41,7 @@ from botocore.exceptions import (
 )
 
 from .errors import SmollmCorpusError
-from .s3http import lean_get
+from .s3http import USER_AGENT, lean_get
 
 #: Software Heritage ids are lowercase SHA1 hex. S3 keys are case-sensitive and the dataset only
 #: holds lowercase ids, so anything else is reported as invalid rather than guessed at.
@@ -97,7 +96,7 @@ class S3Options:
     endpoint_url: str | None = None  # None: boto3's default, which honours AWS_ENDPOINT_URL
     region: str = "us-east-1"
     unsigned: bool = False  # botocore UNSIGNED signature, like ``aws s3 --no-sign-request``
-    client: str = "urllib3"  # "urllib3": boto3's request, sent by s3http.LeanGet; "boto3": boto3's get_object
+    client: str = "lean"  # "lean": boto3's request, sent by s3http.LeanGet; "boto3": boto3's get_object
     max_attempts: int = 8  # per request, exponential backoff with full jitter between attempts
 
 
@@ -133,7 +132,8 @@ def credentials_available(probe: bool = True) -> bool:
         S3AccessDenied: AWS_PROFILE names a profile that is not configured.
     """
     try:
-        session = boto3.Session()
+        session = botocore.session.Session()
+        session.get_scoped_config()  # an AWS_PROFILE that is not configured fails here
         return probe and session.get_credentials() is not None
     except ProfileNotFound as error:
         raise S3AccessDenied(
@@ -175,17 +175,17 @@ class Hydrator:
         """
         if threads < 1 or options.max_attempts < 1:
             raise ValueError(f"threads and max_attempts must be 1 or more, got {threads} and {options.max_attempts}")
-        if options.client not in ("urllib3", "boto3"):
-            raise ValueError(f"unknown S3 client {options.client!r}; choose urllib3 or boto3")
+        if options.client not in ("lean", "boto3"):
+            raise ValueError(f"unknown S3 client {options.client!r}; choose lean or boto3")
         self._options = options
         self._threads = threads
         session = botocore.session.get_session()
         self._client = _make_client(session, options, threads)
         self._lean = None
-        if options.client == "urllib3":
+        if options.client == "lean":
             try:
                 credentials = None if options.unsigned else session.get_credentials()
-                self._lean = lean_get(self._client, credentials, options.bucket, threads, CONNECT_TIMEOUT, READ_TIMEOUT)
+                self._lean = lean_get(self._client, credentials, options.bucket, CONNECT_TIMEOUT, READ_TIMEOUT)
             except _CREDENTIAL_ERRORS as error:  # boto3 would meet them at the first request
                 raise _no_credentials(error) from error
         self._endpoint = self._lean.endpoint if self._lean is not None else self._client.meta.endpoint_url
@@ -331,7 +331,7 @@ def _make_client(session: botocore.session.Session, options: S3Options, threads:
         # and a fixed user agent skips rebuilding botocore's one on each call
         parameter_validation=False,
         response_checksum_validation="when_required",
-        user_agent=f"smollm-corpus botocore/{botocore.__version__}",
+        user_agent=f"{USER_AGENT} botocore/{botocore.__version__}",
     )
     return session.create_client("s3", endpoint_url=options.endpoint_url, config=config)
 

@@ -96,7 +96,7 @@ def fetch(
     s3_endpoint_url: str | None = None,
     region: str = "us-east-1",
     no_sign_request: bool = False,
-    s3_client: str = "urllib3",
+    s3_client: str = "lean",
     workers: int | None = None,
     tokenizer: str | None = None,
     eot: str | None = None,
@@ -134,8 +134,8 @@ def fetch(
             (``train.bin``, ``val.bin`` and ``meta.pkl``, each document followed by end-of-text).
         overwrite: discard a previous output of this subset, complete or not.
         bucket, s3_endpoint_url, region, no_sign_request, s3_client, workers: where and how python-edu
-            contents are fetched; ``s3_client`` is ``urllib3`` (boto3's requests, sent by a lighter
-            client) or ``boto3``; ``workers`` bounds the requests in flight over all processes
+            contents are fetched; ``s3_client`` is ``lean`` (boto3's requests, signed by botocore,
+            sent by a lighter client; ``urllib3`` is its former name) or ``boto3``; ``workers`` bounds the requests in flight over all processes
             (default: 32 per process).
         tokenizer, eot: token formats: a Hub model id, ``gpt2``, a ``tokenizer.json`` or a folder holding
             one (default: SmolLM's own), and the end-of-text token (default ``<|endoftext|>``).
@@ -331,8 +331,8 @@ def _check_options(num_proc, limit, max_bytes, format, separator, workers, s3_en
         raise UsageError("--max-bytes must be more than 0")
     if s3_endpoint_url is not None and not s3_endpoint_url.startswith(("http://", "https://")):
         raise UsageError(f"--s3-endpoint-url {s3_endpoint_url!r} must start with http:// or https://")
-    if s3_client not in ("urllib3", "boto3"):
-        raise UsageError(f"unknown S3 client {s3_client!r}; choose urllib3 or boto3")
+    if s3_client not in ("lean", "boto3", "urllib3"):
+        raise UsageError(f"unknown S3 client {s3_client!r}; choose lean or boto3")
     if workers is not None and workers < 1:
         raise UsageError("--workers must be 1 or more")
     if num_proc is not None and num_proc < 1:
@@ -368,7 +368,8 @@ def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_requ
     if not credentials_available(probe=not unsigned) and not unsigned:
         log.warning("no AWS credentials found: sending unsigned requests (as with --no-sign-request)")
         unsigned = True
-    return S3Options(bucket=bucket, endpoint_url=endpoint_url, region=region, unsigned=unsigned, client=client)
+    return S3Options(bucket=bucket, endpoint_url=endpoint_url, region=region, unsigned=unsigned,
+                     client="lean" if client == "urllib3" else client)
 
 
 @contextlib.contextmanager
