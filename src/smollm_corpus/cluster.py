@@ -188,7 +188,7 @@ class DaskPool:
         """A task's failure as the library's own error where it comes from the cluster rather than the work."""
         if isinstance(error, SmollmCorpusError):
             return error
-        if isinstance(error, distributed.client.FutureCancelledError) or type(error).__name__ == "CancelledError":
+        if type(error).__name__ in ("CancelledError", "FutureCancelledError"):  # the latter in newer Dask
             if self._stopped:
                 return error
             return ClusterError(f"the Dask scheduler at {self.address} dropped a chunk's task (it restarted, or "
