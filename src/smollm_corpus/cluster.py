@@ -104,7 +104,7 @@ class DaskPool:
         if job is not self._job:
             self._job, self._job_future = job, self._send(job)
         future = self.client.submit(_run_task, self._job_future, chunk, self._topic, __version__,
-                                    key=f"smollm-corpus-{self._run}-{chunk.index}", pure=False)
+                                    key=f"smollm-corpus-chunk-{self._run}-{chunk.index}", pure=False)
         result: Future = Future()
         result.set_running_or_notify_cancel()
         with self._lock:
@@ -125,7 +125,7 @@ class DaskPool:
         """``job`` as a task of its own, sent once: each worker fetches its result once, and the scheduler makes
         it again if every worker that held it is gone (scattered data would be lost with them)."""
         with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"}):  # large on purpose, once
-            return self.client.submit(_the_job, job, key=f"smollm-corpus-{self._run}-job", pure=False)
+            return self.client.submit(_the_job, job, key=f"smollm-corpus-job-{self._run}", pure=False)
 
     def _wait_for_workers(self) -> dict[str, int]:
         nthreads = self.client.nthreads()
