@@ -25,7 +25,6 @@ from concurrent.futures import Future
 
 from . import __version__, source, worker
 from .errors import SmollmCorpusError, UsageError
-from .source import SourceFile
 
 try:
     import dask
@@ -166,9 +165,6 @@ class DaskPool:
         elif now - self._alone_since > self.wait:
             raise ClusterError(f"every Dask worker left {self.address} and none joined within {self.wait:.0f} s; "
                                "what was written is kept: start workers, then run the same command again to resume")
-
-    def release(self, files: list[SourceFile]) -> None:
-        """Nothing: the workers keep no copy of the source files."""
 
     def stop(self) -> None:
         """Cancel what is still queued on the cluster, and disconnect."""

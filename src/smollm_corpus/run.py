@@ -106,13 +106,13 @@ class Run:
                 if full:
                     break  # the output is full: work still in the window is not needed
                 if time.monotonic() - checkpointed > CHECKPOINT_SECONDS:
-                    self._checkpoint(out, downloads, pool)
+                    self._checkpoint(out, downloads)
                     checkpointed = time.monotonic()
             pool.stop()  # workers still busy past --max-bytes must not write into what is removed below
-            self._checkpoint(out, downloads, pool, wait=True)
+            self._checkpoint(out, downloads, wait=True)
         except KeyboardInterrupt:
             pool.stop()
-            self._checkpoint(out, downloads, pool, wait=True)
+            self._checkpoint(out, downloads, wait=True)
             raise Interrupted(
                 f"interrupted: {stats.rows:,} rows of {self.spec.name} are safely written; "
                 "run the same command again to resume"
@@ -120,7 +120,7 @@ class Run:
         except BaseException as e:
             pool.stop()
             with contextlib.suppress(Exception):
-                self._checkpoint(out, downloads, pool, wait=True)  # keep what was appended before the failure
+                self._checkpoint(out, downloads, wait=True)  # keep what was appended before the failure
             if isinstance(e, BrokenProcessPool):
                 raise SmollmCorpusError(
                     "a worker process died (out of memory, or killed); run the same command again to resume. "
@@ -210,14 +210,8 @@ class Run:
             self._appended.append(chunk)
         return full or (self.max_bytes is not None and stats.bytes + len(self.separator) >= self.max_bytes)
 
-    def _checkpoint(self, out: Output, downloads: downloads_module.Downloads, pool: WorkerPool, wait: bool = False) -> None:
+    def _checkpoint(self, out: Output, downloads: downloads_module.Downloads, wait: bool = False) -> None:
         """Checkpoint the output; once that is durable, delete the downloads of files read to the end."""
         done = [c.file for c in self._appended if c.ends_file]
         self._appended.clear()
-
-        def release() -> None:
-            for file in done:
-                downloads.release(file)
-            pool.release(done)
-
-        out.checkpoint(release, wait=wait)
+        out.checkpoint(lambda: [downloads.release(f) for f in done], wait=wait)

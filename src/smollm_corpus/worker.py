@@ -120,7 +120,7 @@ class WorkerPool:
     A pool (this one, or :class:`cluster.DaskPool`) has ``size`` (chunks that run at once),
     ``queue`` (progress reports), ``in_memory`` (parts come back in memory rather than in
     files), ``local_files`` (workers read the files this process downloads), ``submit``,
-    ``check`` (raise if the pool can no longer work), ``release`` (files fully appended) and ``stop``.
+    ``check`` (raise if the pool can no longer work) and ``stop``.
     """
 
     local_files = True
@@ -147,9 +147,6 @@ class WorkerPool:
 
     def check(self) -> None:
         """Nothing: a local worker that dies breaks its chunk's future."""
-
-    def release(self, files: list[SourceFile]) -> None:
-        """Nothing: this process's downloads are its own to delete."""
 
     def stop(self) -> None:
         """Stop every worker now, busy or not (a thread gives up its chunk at its next batch)."""
