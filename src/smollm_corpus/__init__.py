@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["SUBSETS", "FetchResult", "Progress", "__version__", "fetch"]
+__all__ = ["SUBSETS", "FetchResult", "Progress", "__version__", "fetch", "fetch_all"]
 
 
 def __getattr__(name: str):
@@ -11,6 +11,10 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "fetch_all":
+        from .dedup import fetch_all
+
+        return fetch_all
     if name == "SUBSETS":
         from .subsets import SUBSETS
 

@@ -20,6 +20,7 @@ from .stats import Stats
 #: the options that decide the bytes of the output; a rerun with other values is another fetch
 IDENTITY = (
     "subset", "source", "revision", "split", "template", "strip", "separator", "format", "limit", "max_bytes", "bucket", "where", "decontaminate",
+    "dedup",
     # token formats: the tokenizer (and the Hub commit it came from), and how the stream is cut into files
     "tokenizer", "tokenizer_sha256", "tokenizer_commit", "vocab_size", "eot_id", "dtype", "val_tokens", "shard_tokens",
     "max_tokens",

@@ -37,6 +37,8 @@ class PartInfo:
     ends: array = field(default_factory=lambda: array("q"))
     #: the part's bytes, in pieces, where it was kept in memory; None where it is in its file
     data: list | None = None
+    #: --dedup: each document's MinHash signature (a row of uint64 per document, in ``rows`` order)
+    signatures: np.ndarray | None = None
 
     def cut(self, budget: int) -> tuple[int, "PartInfo"]:
         """How many bytes of the part fit in ``budget`` (whole documents only), and the counters of that prefix."""

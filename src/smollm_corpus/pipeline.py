@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -31,6 +32,9 @@ from .stats import Stats
 from .subsets import FAMILIES, HUB_PREFIX, DatasetSpec, get_subset
 from .where import parse as parse_where
 from .worker import BATCH_ROWS, HYDRATE_ROWS, Job, WorkerPool, in_threads
+
+if TYPE_CHECKING:
+    from .dedup import Pass
 
 __all__ = ["FetchResult", "Interrupted", "Progress", "configs_of", "fetch"]
 
@@ -111,6 +115,7 @@ def fetch(
     dask: str | None = None,
     dask_wait: float = 120,
     progress: Callable[[Progress], None] | None = None,
+    dedup: "Pass | None" = None,
 ) -> FetchResult:
     """Fetch ``subset`` into ``out_dir/<folder>/input.txt`` (or ``input.jsonl``), resuming a previous run.
 
@@ -154,6 +159,7 @@ def fetch(
             wrote. This process still plans, appends and checkpoints: the output is the same.
         dask_wait: seconds to wait for a Dask worker when there is none, at the start or after all have left.
         progress: called often with the run's :class:`Progress`.
+        dedup: one pass of a deduplicated fetch (see :func:`smollm_corpus.fetch_all`), which gives it.
 
     Returns:
         The run's counters and paths; ``already_complete`` when a previous run had finished.
@@ -195,6 +201,7 @@ def fetch(
         "bucket": bucket if spec.hydrated else None,
         "where": list(where) or None,
         "decontaminate": decontaminator.identity() if decontaminator else None,
+        "dedup": dedup.identity if dedup else None,
         **(tokens.identity if tokens else {}),
     }
     folder = Path(out_dir) / spec.folder
@@ -202,6 +209,9 @@ def fetch(
     manifest_path = folder / "manifest.json"
     partial = output.with_name(output.name + ".incomplete")
     layout = tokens.layout(spec.prefix) if tokens else None
+    if dedup is not None:
+        dedup.folder = folder
+    signing = dedup is not None and dedup.signing
 
     previous = None if overwrite else Manifest.load(manifest_path)
     if previous is not None and previous.options["split"] is None:
@@ -226,8 +236,9 @@ def fetch(
     if tokens:  # each worker encodes its own chunk on its own core: the tokenizer's own thread pool would compete
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = in_threads(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes,
-                         spec.hydrated)
-    with _pool(num_proc, threads, dask, dask_wait) as pool:  # worker processes start while the source is resolved
+                         spec.hydrated or signing)  # signing holds the GIL
+    pool = dedup.pool() if dedup is not None and not signing else _pool(num_proc, threads, dask, dask_wait)
+    with pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, spec.config, pinned or revision, split)
         row_filter = parse_where(where, src.schema) if where else None  # before hydration: on the source's columns
@@ -262,6 +273,8 @@ def fetch(
             if manifest is None:
                 _clear(folder, manifest_path, layout, spec.prefix)
                 manifest = Manifest(options, commit=src.commit)
+                if signing:
+                    manifest.save(manifest_path)  # the commit signed is the commit written
             total = src.num_rows if limit is None else limit if src.num_rows is None else min(limit, src.num_rows)
             if tokens:
                 max_bytes = None if max_tokens is None else max_tokens * tokens.itemsize  # the stream's bytes are ids
@@ -276,7 +289,13 @@ def fetch(
                       # contents are fetched a whole chunk at a time, so that requests keep flowing across batches
                       batch_rows=HYDRATE_ROWS if s3 else BATCH_ROWS, one_at_a_time=bool(s3))
             view = Progress(subset, total, token_bytes=tokens.itemsize if tokens else None, hydrated=spec.hydrated)
-            stats = run.execute(job, pool, view, progress)
+            if signing:
+                view.subset = f"{subset} (signing)"
+                stats = dedup.sign(run, job, pool, view, progress)
+                return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started,
+                                   tokens.itemsize if tokens else None)
+            planned = {} if dedup is None else {"planned": dedup.chunks(manifest.position), "downloads": pool}
+            stats = run.execute(job, pool, view, progress, **planned)
     return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started,
                        tokens.itemsize if tokens else None)
 
@@ -394,7 +413,7 @@ def _clear(folder: Path, manifest_path: Path, layout: shards.Layout | None, pref
 
 def _remove_outputs(folder: Path, manifest_path: Path) -> None:
     for name in ("input.txt", "input.jsonl", "input.txt.incomplete", "input.jsonl.incomplete", "missing_blobs.txt",
-                 "decontamination.jsonl"):
+                 "decontamination.jsonl", "duplicates.jsonl"):
         (folder / name).unlink(missing_ok=True)
     manifest_path.unlink(missing_ok=True)
     for name in (".parts", ".staging"):

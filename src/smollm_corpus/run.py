@@ -60,8 +60,12 @@ class Run:
         self.parts_dir, self.staging_dir = folder / ".parts", folder / ".staging"
         self._appended: list[Chunk] = []  # appended since the last checkpoint
 
-    def execute(self, job: Job, pool: WorkerPool, view, progress: Callable | None) -> Stats:
-        """Run every chunk; ``view`` (a pipeline.Progress) is updated and passed to ``progress`` as they go."""
+    def execute(self, job: Job, pool: WorkerPool, view, progress: Callable | None, planned=None, downloads=None) -> Stats:
+        """Run every chunk; ``view`` (a pipeline.Progress) is updated and passed to ``progress`` as they go.
+
+        ``planned`` (with its ``downloads``) replaces the plan: chunks from the output's position on,
+        numbered from 0, whose files are already read (--dedup's writing pass).
+        """
         shutil.rmtree(self.parts_dir, ignore_errors=True)  # parts of a stopped run are rebuilt, never trusted
         with writing(self.folder):
             self.parts_dir.mkdir()
@@ -75,7 +79,8 @@ class Run:
         if stats.rows:
             log.info("resuming %s after %d rows already written", self.spec.name, stats.rows)
         ahead = 1 if self.limit is not None else min(pool.size, DOWNLOADS_AHEAD)
-        downloads = downloads_module.Downloads(self.staging_dir, ahead) if pool.local_files else downloads_module.Remote()
+        if downloads is None:
+            downloads = downloads_module.Downloads(self.staging_dir, ahead) if pool.local_files else downloads_module.Remote()
         if self.tokens:
             out = shards.TokenFiles(self.folder, self.tokens.layout(self.spec.prefix), self.manifest, self.manifest_path,
                                     self.tokens.tokenizer.vocab_size)
@@ -83,7 +88,8 @@ class Run:
             out = Output(self.partial, self.manifest, self.manifest_path)
         limit = None if self.limit is None else self.limit - stats.rows
         chunk_bytes = plan.MEMORY_CHUNK_BYTES if job.in_memory else plan.CHUNK_BYTES
-        chunks = plan.chunks(self.src, self.manifest.position, limit, self.spec.hydrated, downloads, ahead, chunk_bytes)
+        chunks = planned if planned is not None else plan.chunks(self.src, self.manifest.position, limit,
+                                                                 self.spec.hydrated, downloads, ahead, chunk_bytes)
         window: deque[tuple[Chunk, Future]] = deque()
         checkpointed = time.monotonic()
         try:

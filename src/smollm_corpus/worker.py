@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from . import parts, signals, source
+from . import minhash, parts, signals, source
 from .source import SourceFile
 from .template import Template
 
@@ -71,6 +71,8 @@ class Job:
     batch_rows: int = 1024  # rows read at a time
     #: chunks run one at a time in a process, never in its threads together (hydration keeps one S3 client per process)
     one_at_a_time: bool = False
+    #: each document's MinHash signature comes back with the part (--dedup), computed from its rendered text
+    sign: bool = False
 
 
 def in_threads(template: Template, format: str, max_bytes: int | None, python_stages: bool) -> bool:
@@ -189,6 +191,7 @@ def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event |
     writer = parts.PartWriter(job.parts_dir, chunk.index, job.separator, job.max_bytes, job.in_memory)
     rows = 0
     reported, last_report = [0, 0, 0, {}], time.monotonic()
+    signatures = minhash.Signatures() if job.sign else None
     try:
         for batch in source.read_rows(chunk.path, list(job.columns), chunk.start, chunk.stop, job.batch_rows):
             if stopping is not None and stopping.is_set():
@@ -203,12 +206,17 @@ def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event |
             column = job.template.column(batch) if plain else None
             if column is not None:
                 writer.write_column(positions, column)
+                if signatures is not None:
+                    signatures.add(positions.to_pylist(), column.to_pylist())
             elif batch.num_rows:
                 kept = positions.to_pylist()
+                documents = job.template.render(batch)
+                if signatures is not None:
+                    signatures.add(kept, documents)
                 if job.tokenizer is not None:
-                    taken = writer.write_tokens(kept, job.template.render(batch), job.tokenizer, job.eot)
+                    taken = writer.write_tokens(kept, documents, job.tokenizer, job.eot)
                 else:
-                    taken = writer.write(kept, _render(batch, job))
+                    taken = writer.write(kept, _jsonl(batch, documents) if job.jsonl else documents)
                 if taken < len(kept):  # max_bytes reached: the rest of the batch is not part of this part
                     rows = kept[taken - 1] + 1
             if time.monotonic() - last_report > REPORT_EVERY:
@@ -216,6 +224,8 @@ def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event |
             if writer.full:
                 break
         info = writer.finish(rows)
+        if signatures is not None:
+            info.signatures = signatures.of(info.rows)
     except (pa.ArrowException, OSError):  # writing errors arrive as OutputError: these come from reading
         writer.abort()
         with source.damaged(chunk.file, Path(chunk.path)):
@@ -227,10 +237,8 @@ def run_chunk(job: Job, chunk: Chunk, progress=None, stopping: threading.Event |
     return info
 
 
-def _render(batch: pa.RecordBatch, job: Job) -> list[str]:
-    documents = job.template.render(batch)
-    if not job.jsonl:
-        return documents
+def _jsonl(batch: pa.RecordBatch, documents: list[str]) -> list[str]:
+    """One JSON line per row: every column, ``text`` the rendered document."""
     lines = []
     for row, doc in zip(batch.to_pylist(), documents):
         if not doc or doc.isspace():
