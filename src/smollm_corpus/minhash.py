@@ -15,8 +15,8 @@ spaCy is asked only about the rest (a few in a hundred), once per distinct piece
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
-from itertools import accumulate, chain
 
 import numpy as np
 
@@ -29,6 +29,8 @@ HASHES = BUCKETS * PER_BUCKET
 PRIME = np.uint64((1 << 61) - 1)
 #: a document without a signature: no real signature holds this value (every hash is below PRIME)
 UNSIGNED = np.uint64(0xFFFFFFFFFFFFFFFF)
+#: distinct pieces remembered (whole, or cut into which words) before the memory starts again
+_PIECES_KEPT = 1 << 20
 #: shingles permuted at a time: 112 hashes of 8 bytes each, so about 30 MB
 _SLAB = 32768
 
@@ -40,6 +42,19 @@ _PUNCTUATION = (
 )
 _PUNCT_TO_SPACE = str.maketrans(_PUNCTUATION, " " * len(_PUNCTUATION))
 _ASCII_PUNCTUATION = "".join(c for c in _PUNCTUATION if c.isascii()).encode("ascii")
+#: datatrove's number pattern where the text is ASCII (its other separators and digits are not)
+_ASCII_NUMBERS = re.compile(r"[0-9]+(?:[.,][0-9]+)?")
+_NUMBERS = re.compile(r"\d+(?:[.,،٫⎖⎗⎘]\d+)?")
+#: runs of non-ASCII characters: where the rest of the work is, per character (most text has few)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _punctuation_to_space(match: re.Match) -> str:
+    return match.group().translate(_PUNCT_TO_SPACE)
+
+
+def _without_marks(match: re.Match) -> str:
+    return "".join(c for c in match.group() if unicodedata.category(c) != "Mn")
 _ASCII_PUNCT_TO_SPACE = bytes.maketrans(_ASCII_PUNCTUATION, b" " * len(_ASCII_PUNCTUATION))  # the same, far faster
 
 
@@ -64,52 +79,78 @@ class Signer:
         except ImportError as e:
             raise UsageError(f"--dedup needs {e.name}: pip install 'smollm-corpus[dedup]'") from None
         self._numbers = regex.compile(r"\p{Nd}+([.,،٫⎖⎗⎘]{1}\p{Nd}+)?", regex.VERBOSE | regex.UNICODE)
-        self._space = regex.compile(r"\s+")
         self._xxh64 = xxhash.xxh64_intdigest
         tokenizer = spacy.blank("en").tokenizer
         self._spacy = tokenizer
         orth = spacy.attrs.ORTH
         self._special = {key: [piece[orth] for piece in pieces] for key, pieces in tokenizer.rules.items()}
         self._a, self._b = _permutations()
-        self._marks: dict | None = None
+        self._whole: set[str] = set()  # pieces spaCy keeps whole
+        self._split: dict[str, tuple[str, ...]] = {}  # pieces it cuts, and their words
 
     def simplify(self, text: str) -> str:
         """datatrove's ``simplify_text`` with its default ``TextNormConfig``."""
-        text = self._numbers.sub("0", text.lower())
-        if text.isascii():
-            text = text.encode("ascii").translate(_ASCII_PUNCT_TO_SPACE).decode("ascii")
-        else:
-            text = text.translate(_PUNCT_TO_SPACE)
-        text = self._space.sub(" ", text.strip())
+        text = text.lower()
+        if text.isascii():  # most text: the same steps by faster means, exact for ASCII
+            text = _ASCII_NUMBERS.sub("0", text).encode("ascii").translate(_ASCII_PUNCT_TO_SPACE).decode("ascii")
+            return " ".join(text.split())  # only space, \t and \n are left: split() is regex's \s here
+        runs = _NON_ASCII.findall(text)
+        if any(unicodedata.category(c) == "Cn" for run in runs for c in run):
+            text = self._numbers.sub("0", text)  # characters this Python does not know: regex's own tables
+        else:  # re's \d is \p{Nd} for every character both know (checked over all code points)
+            text = _NUMBERS.sub("0", text)
+        # ASCII bytes never occur inside a UTF-8 sequence: the same table serves, then the rest
+        text = _NON_ASCII.sub(_punctuation_to_space, text.encode("utf-8").translate(_ASCII_PUNCT_TO_SPACE).decode("utf-8"))
+        # regex's \s and str.isspace() agree on every character left (checked over all code points)
+        text = " ".join(text.split())
         if not text.isascii():  # ASCII has nothing to decompose
-            text = unicodedata.normalize("NFD", text).translate(self._nonspacing_marks())
+            text = _NON_ASCII.sub(_without_marks, unicodedata.normalize("NFD", text))
         return text.strip()
 
     def words(self, text: str) -> list[str]:
         """The words of ``text`` as datatrove's English word tokenizer (spaCy's) gives them."""
-        words: list[str] = []
-        special, slow = self._special, self._pieces
-        for piece in self.simplify(text).split(" "):
-            if piece.isalpha() or piece == "0":
-                if piece in special:
-                    words.extend(special[piece])
-                else:
-                    words.append(piece)
-            elif piece:
-                words.extend(special[piece] if piece in special else slow(piece))
+        simplified = self.simplify(text)
+        if not simplified:
+            return []
+        pieces = simplified.split(" ")
+        new = set(pieces).difference(self._whole)  # most pieces were seen before, whole
+        if new:
+            for piece in new.difference(self._split):
+                self._learn(piece)
+            if not new.isdisjoint(self._split):
+                split = self._split
+                return [word for piece in pieces for word in split.get(piece, (piece,))]
         # datatrove strips each word and drops empty ones: a no-op here, as no piece holds whitespace
-        return words
+        return pieces
+
+    def _learn(self, piece: str) -> None:
+        """Whether spaCy keeps ``piece`` whole, or into which words it cuts it; remembered."""
+        if len(self._whole) > _PIECES_KEPT:
+            self._whole.clear()
+        if piece in self._special:
+            words = tuple(self._special[piece])
+        elif piece.isalpha() or piece == "0":
+            words = (piece,)
+        else:
+            words = tuple(token.text for token in self._spacy(piece))
+        if words == (piece,):
+            self._whole.add(piece)
+        else:
+            if len(self._split) > _PIECES_KEPT:
+                self._split.clear()
+            self._split[piece] = words
 
     def shingle_hashes(self, text: str) -> list[int]:
         """The xxh64 of each run of 5 words, joined by spaces, in order."""
         words = self.words(text)
         if len(words) < NGRAMS:
             return []
-        line = " ".join(words)
-        lengths = map(len, words) if line.isascii() else (len(w.encode("utf-8")) for w in words)
-        ends = list(accumulate(n + 1 for n in lengths))  # where each word ends, its space included
-        view, h = memoryview(line.encode("utf-8")), self._xxh64
-        return [h(view[s:e - 1]) for s, e in zip(chain((0,), ends), ends[NGRAMS - 1:])]
+        data = " ".join(words).encode("utf-8")
+        spaces = np.flatnonzero(np.frombuffer(data, np.uint8) == 32)  # words hold no space: one between each two
+        starts = np.concatenate(([0], spaces[: len(words) - NGRAMS] + 1))
+        ends = np.concatenate((spaces, [len(data)]))[NGRAMS - 1:]
+        view, h = memoryview(data), self._xxh64
+        return [h(view[s:e]) for s, e in zip(starts.tolist(), ends.tolist())]
 
     def sign(self, texts: list[str]) -> np.ndarray:
         """The signatures of ``texts``: an array of shape (len(texts), 112), uint64."""
@@ -147,17 +188,9 @@ class Signer:
         r = x & PRIME
         x >>= np.uint64(61)
         r += x
-        np.subtract(r, PRIME, out=r, where=r >= PRIME)
+        if r.max() >= PRIME:  # rare: one subtraction brings those below the prime
+            np.subtract(r, PRIME, out=r, where=r >= PRIME)
         return r
-
-    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 - one Signer per process
-    def _pieces(self, piece: str) -> tuple[str, ...]:
-        return tuple(token.text for token in self._spacy(piece))
-
-    def _nonspacing_marks(self) -> dict:
-        if self._marks is None:  # built on the first text that needs it (about 0.2 s)
-            self._marks = {c: None for c in range(0x110000) if unicodedata.category(chr(c)) == "Mn"}
-        return self._marks
 
 
 @functools.lru_cache(maxsize=1)
