@@ -134,6 +134,16 @@ def test_a_fetch_on_dask_writes_the_same_bytes_as_a_local_one(world, cluster, to
     downloaded_once(world.hub, subset)
 
 
+def test_dedup_signs_on_the_cluster_and_writes_the_same_bytes(world, cluster, tmp_path):
+    local = world.fetch(tmp_path / "local", "python-edu", "cosmopedia-v2", "--dedup")
+    assert local.returncode == 0, local.stderr
+    remote = world.fetch(tmp_path / "remote", "python-edu", "cosmopedia-v2", "--dedup", "--dask", cluster.address)
+    assert remote.returncode == 0, remote.stderr
+    for folder in ("python-edu", "cosmopedia-v2"):
+        assert files_of(tmp_path / "remote" / folder) == files_of(tmp_path / "local" / folder)
+    assert (tmp_path / "remote" / "python-edu" / "duplicates.jsonl").stat().st_size > 0  # files differing in numbers
+
+
 def test_a_scheduler_file_names_the_cluster(world, cluster, tmp_path):
     local = world.fetch(tmp_path / "local", "cosmopedia-v2")
     assert local.returncode == 0, local.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import os
 import re
 import signal
@@ -614,3 +615,22 @@ def test_token_shards_of_python_edu_decode_to_the_fetched_files(edu_mirror, data
     decode = Tokenizer.from_file(str(tok_json)).decode
     documents = [decode(tokens[a + 1 : b], skip_special_tokens=False) for a, b in zip(starts, starts[1:])]
     assert "\n\n".join(documents).encode() == expected(dataset, sources(range(ROWS)))
+
+
+def test_dedup_fetches_each_blob_once_and_drops_copied_files(edu_mirror, dataset, s3, proxy, bucket, tmp_path):
+    rng = random.Random(0)  # python_source_for's files differ only in numbers, which MinHash's simplification erases
+    names = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(400)]
+    stored = {blob_id_for(i): "\n".join(f"def {rng.choice(names)}({rng.choice(names)}):\n    return {rng.choice(names)}"
+                                         for _ in range(6)).encode() for i in range(sum(SIZES))}
+    copies = {7: 2, SIZES[0] + 3: 2, SIZES[0] + 10: 40}  # row -> the earlier row whose file it copies
+    for row, original in copies.items():
+        stored[blob_id_for(row)] = stored[blob_id_for(original)]
+    put_blobs(s3, bucket, stored)
+    result = fetch_cli(edu_mirror, tmp_path, bucket, proxy.endpoint, "--dedup", *PROXIED, "-q")
+    assert result.returncode == 0, result.stderr
+    assert proxy.total == len(stored) and all(proxy.requests(key(b)) == 1 for b in stored)  # signed and written: one GET
+    kept = {blob: data for blob, data in stored.items() if blob not in {blob_id_for(r) for r in copies}}
+    assert output(tmp_path) == expected([r for r in dataset if r["blob_id"] in kept], kept)
+    listed = [json.loads(line) for line in (tmp_path / SUBSET / "duplicates.jsonl").read_text().splitlines()]
+    assert [(d["row"], d["duplicate_of"]["row"]) for d in listed] == list(copies.items())
+    assert manifest(tmp_path)["skipped"] == {"duplicate": len(copies)}
