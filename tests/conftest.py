@@ -109,3 +109,22 @@ def kill_at_checkpoint(manifest: Path, proc: subprocess.Popen, rows: int, timeou
             proc.kill()
         proc.wait(timeout=30)
     raise AssertionError(f"the fetch ended or stalled before {rows} rows were checkpointed")
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds, looking while it is stopped (see kill_at_checkpoint)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.01)
+            if ready():
+                proc.kill()
+                return
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    raise AssertionError("the fetch ended before the moment to kill it")

@@ -3,15 +3,13 @@
 import hashlib
 import json
 import random
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from conftest import CLI, run_cli
+from conftest import CLI, kill_when, run_cli
 from mirror import COSMOPEDIA_SCHEMA, build_repo
 from smollm_corpus import fetch, fetch_all
 from smollm_corpus.errors import OutputError, UsageError
@@ -179,25 +177,6 @@ def _start(repo: Path, out: Path) -> subprocess.Popen:
                              "--num-proc", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds, looking while it is stopped (see kill_at_checkpoint)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            proc.send_signal(signal.SIGSTOP)
-            time.sleep(0.01)
-            if ready():
-                proc.kill()
-                return
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-    raise AssertionError("the fetch ended before the moment to kill it")
-
-
 def _work(out: Path) -> Path:
     (work,) = (out / ".dedup").iterdir()
     return work
@@ -205,12 +184,12 @@ def _work(out: Path) -> Path:
 
 def test_resume_after_kill_9_while_signing_and_while_writing(big_repo, reference, tmp_path):
     # signing: killed once the first dataset has a chunk signed, and again in the second dataset's signing
-    _kill_when(_start(big_repo, tmp_path), lambda: len(list(tmp_path.glob(".dedup/*/000/*.info"))) >= 1)
-    _kill_when(_start(big_repo, tmp_path), lambda: (tmp_path / WEB / "manifest.json").exists())
+    kill_when(_start(big_repo, tmp_path), lambda: len(list(tmp_path.glob(".dedup/*/000/*.info"))) >= 1)
+    kill_when(_start(big_repo, tmp_path), lambda: (tmp_path / WEB / "manifest.json").exists())
     # writing: killed with the first dataset's output part written, then with the second's
     for name in (STORIES, WEB):
         partial = tmp_path / name / "input.txt.incomplete"
-        _kill_when(_start(big_repo, tmp_path), lambda: partial.exists() and partial.stat().st_size > 0)
+        kill_when(_start(big_repo, tmp_path), lambda: partial.exists() and partial.stat().st_size > 0)
     assert (tmp_path / STORIES / "input.txt").exists() and not (tmp_path / WEB / "input.txt").exists()
     result = run_cli("fetch", STORIES, WEB, "--dedup", "--source", str(big_repo), "-o", str(tmp_path), "-q")
     assert result.returncode == 0, result.stderr
@@ -223,7 +202,7 @@ def test_resume_in_the_middle_of_the_cluster_steps(big_repo, reference, tmp_path
 
     # stopped as the writing began, then put back to where the cluster steps were half done
     partial = tmp_path / STORIES / "input.txt.incomplete"
-    _kill_when(_start(big_repo, tmp_path), partial.exists)
+    kill_when(_start(big_repo, tmp_path), partial.exists)
     work = _work(tmp_path)
     (work / "clusters" / "duplicates.npy").unlink()
     steps = clusters.Clusters([signed.Store(work / "000"), signed.Store(work / "001")], work / "clusters")
@@ -238,7 +217,7 @@ def test_resume_of_a_partition_step_stopped_part_way(big_repo, reference, tmp_pa
     from smollm_corpus import clusters, signed
 
     partial = tmp_path / STORIES / "input.txt.incomplete"
-    _kill_when(_start(big_repo, tmp_path), partial.exists)
+    kill_when(_start(big_repo, tmp_path), partial.exists)
     work = _work(tmp_path)
     (work / "clusters" / "duplicates.npy").unlink()
     steps = clusters.Clusters([signed.Store(work / "000"), signed.Store(work / "001")], work / "clusters")

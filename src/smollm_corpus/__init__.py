@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["SUBSETS", "FetchResult", "Progress", "__version__", "fetch", "fetch_all"]
+__all__ = ["SUBSETS", "FetchResult", "Progress", "__version__", "fetch", "fetch_all", "mix"]
 
 
 def __getattr__(name: str):
@@ -11,6 +11,10 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "mix":
+        from .mixture import mix
+
+        return mix
     if name == "fetch_all":
         from .dedup import fetch_all
 

@@ -16,7 +16,7 @@ from . import __version__
 from .errors import SmollmCorpusError
 from .formats import FORMATS
 from .pipeline import FetchResult, Progress, configs_of, fetch
-from .subsets import COSMOPEDIA, COSMOPEDIA_CONFIGS, HUB_PRESETS, SUBSETS, DatasetSpec, get_subset
+from .subsets import COSMOPEDIA, COSMOPEDIA_CONFIGS, HUB_PRESETS, MIX_PRESETS, SUBSETS, DatasetSpec, get_subset
 
 class Quantity(click.ParamType):
     """A number with an optional unit letter: ``Size`` (500M, 2G: powers of 1024) or ``Count`` (100M, 2.5B)."""
@@ -173,12 +173,7 @@ def fetch_command(names, all_subsets, all_configs, out_dir, source_repo, quiet, 
     """
     if all_subsets == bool(names):
         raise click.UsageError("name one or more subsets, or --all (not both)")
-    if dask_scheduler_file is not None:
-        if options["dask"] is not None:
-            raise click.UsageError("give --dask or --dask-scheduler-file, not both")
-        options["dask"] = dask_scheduler_file
-    elif options["dask"] is not None and "://" not in options["dask"]:
-        options["dask"] = f"tcp://{options['dask']}"  # Dask's default protocol, as dask worker assumes it
+    _dask_option(options, dask_scheduler_file)
     _log_to_stderr(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -200,30 +195,101 @@ def fetch_command(names, all_subsets, all_configs, out_dir, source_repo, quiet, 
         runs = [(name, lambda report, name=name: [fetch(name, out_dir, source_repo=source_repo, format=format_,
                                                         progress=report, **options)]) for name in names]
     for name, run_one in runs:
-        reporter = None if quiet else _EachDataset(_Bar if sys.stderr.isatty() else _LogLines)
-        try:
-            try:
-                results = run_one(reporter)
-            finally:
-                if reporter is not None:
-                    reporter.close()  # before any message, which must not land on the bar's line
-        except KeyboardInterrupt:  # before the fetch had anything to keep
-            click.echo(f"error: interrupted; run the same command again to resume {name}", err=True)
-            sys.exit(130)
-        except SmollmCorpusError as e:
-            if verbose:
-                logging.getLogger("smollm_corpus").exception("traceback")
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: still one paragraph
-            if verbose:
-                logging.getLogger("smollm_corpus").exception("traceback")
-            click.echo(f"error: {name} failed unexpectedly ({type(e).__name__}: {e}); what was written is kept, "
-                       "so rerunning the same command resumes; add -v for the details, and please report it", err=True)
-            sys.exit(1)
+        results = _reported(name, run_one, quiet, verbose)
         if not quiet:
             for result in results:
                 click.echo(_summary(result), err=True)
+
+
+def _dask_option(options: dict, scheduler_file: str | None) -> None:
+    if scheduler_file is not None:
+        if options["dask"] is not None:
+            raise click.UsageError("give --dask or --dask-scheduler-file, not both")
+        options["dask"] = scheduler_file
+    elif options["dask"] is not None and "://" not in options["dask"]:
+        options["dask"] = f"tcp://{options['dask']}"  # Dask's default protocol, as dask worker assumes it
+
+
+def _reported(name: str, run_one, quiet: bool, verbose: bool):
+    """``run_one(progress)``, with progress shown, and any failure turned into one paragraph and an exit code."""
+    reporter = None if quiet else _EachDataset(_Bar if sys.stderr.isatty() else _LogLines)
+    try:
+        try:
+            return run_one(reporter)
+        finally:
+            if reporter is not None:
+                reporter.close()  # before any message, which must not land on the bar's line
+    except KeyboardInterrupt:  # before the run had anything to keep
+        click.echo(f"error: interrupted; run the same command again to resume {name}", err=True)
+        sys.exit(130)
+    except SmollmCorpusError as e:
+        if verbose:
+            logging.getLogger("smollm_corpus").exception("traceback")
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: still one paragraph
+        if verbose:
+            logging.getLogger("smollm_corpus").exception("traceback")
+        click.echo(f"error: {name} failed unexpectedly ({type(e).__name__}: {e}); what was written is kept, "
+                   "so rerunning the same command resumes; add -v for the details, and please report it", err=True)
+        sys.exit(1)
+
+
+@main.command("mix")
+@click.argument("inputs", nargs=-1, metavar="NAME=WEIGHT...")
+@click.option("--preset", type=click.Choice(list(MIX_PRESETS)),
+              help="smollm: fineweb-edu-dedup=0.70 cosmopedia-v2=0.15 python-edu=0.08, SmolLM's own weights.")
+@click.option("--tokens", type=Count(), help="Budget: N tokens in all (token formats; exact, in the tokenizer's tokens).")
+@click.option("--bytes", "bytes_", type=Size(), help="Budget: SIZE of text in all (txt and jsonl).")
+@click.option("--documents", type=Count(), help="Budget: N documents in all.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Every draw and order comes from it: the same seed gives the same bytes, on any machine.")
+@click.option("--allow-repeat", is_flag=True, help="Draw an input again (in a new order) when its share is more than it holds.")
+@click.option("-o", "--out-dir", required=True, type=click.Path(file_okay=False),
+              help="The mixture's folder: input.txt, input.jsonl or token files, and manifest.json.")
+def mix_command(inputs, preset, out_dir, quiet, verbose, format_, dask_scheduler_file, bytes_, **options) -> None:
+    """Write one shuffled, interleaved mixture of datasets, each its weight of a budget.
+
+    Each input is a name fetch accepts with its weight (normalised); documents are drawn from
+    row groups across the whole dataset, and the output interleaves the inputs at their
+    weights in every stretch. Every fetch option of text, tokens, filters and python-edu applies.
+
+    \b
+    Examples:
+      smollm-corpus mix fineweb-edu-dedup=0.70 cosmopedia-v2=0.15 python-edu=0.08 --tokens 10B --format bin -o smollm-10B
+      smollm-corpus mix --preset smollm --tokens 1B --format nanogpt -o mix1b
+      smollm-corpus mix fineweb-edu-dedup=87 cosmopedia-v2=13 --documents 1000000 --format jsonl --seed 7 -o mix
+    Interrupted? Run the same command again: it resumes where it stopped.
+    """
+    from .mixture import mix, parse_inputs
+
+    _dask_option(options, dask_scheduler_file)
+    _log_to_stderr(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        pairs = parse_inputs(inputs, preset)
+        for name, _ in pairs:
+            get_subset(name)
+    except SmollmCorpusError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    result = _reported("the mix", lambda report: mix(pairs, out_dir, format=format_, bytes=bytes_, progress=report,
+                                                     **options), quiet, verbose)
+    if not quiet:
+        where = f"{result.tokens:,} tokens" if result.tokens is not None else _human(result.stats.bytes)
+        state = "already complete" if result.already_complete else f"wrote {result.stats.documents:,} documents, {where}"
+        click.echo(f"mix: {state} in {result.output}", err=True)
+        for i in result.inputs:
+            click.echo(f"  {i['name']}: {i['documents']:,} documents, share {i['realised_share']:.4f} "
+                       f"(asked {i['intended_share']:.4f})", err=True)
+
+
+#: fetch's options that apply to each input of a mix
+_MIX_SHARED = ("source_repo", "revision", "split", "num_proc", "template", "separator", "format_", "tokenizer", "eot",
+               "val_tokens", "shard_tokens", "where", "decontaminate", "benchmarks", "decontam_ngram",
+               "decontam_threshold", "overwrite", "bucket", "s3_endpoint_url", "region", "no_sign_request", "s3_client",
+               "workers", "dask", "dask_scheduler_file", "dask_wait", "quiet", "verbose")
+mix_command.params.extend(p for p in fetch_command.params if p.name in _MIX_SHARED)
 
 
 def run() -> None:

@@ -20,7 +20,7 @@ from .stats import Stats
 #: the options that decide the bytes of the output; a rerun with other values is another fetch
 IDENTITY = (
     "subset", "source", "revision", "split", "template", "strip", "separator", "format", "limit", "max_bytes", "bucket", "where", "decontaminate",
-    "dedup",
+    "dedup", "mix",
     # token formats: the tokenizer (and the Hub commit it came from), and how the stream is cut into files
     "tokenizer", "tokenizer_sha256", "tokenizer_commit", "vocab_size", "eot_id", "dtype", "val_tokens", "shard_tokens",
     "max_tokens",
@@ -48,6 +48,8 @@ class Manifest:
     started: str = field(default_factory=lambda: _now())
     finished: str | None = None
     complete: bool = False
+    #: more to record in the finished manifest (a mix's inputs)
+    details: dict | None = None
 
     def differences(self, options: dict) -> list[str]:
         """Names of the identity options whose values differ from ``options``."""
@@ -75,6 +77,8 @@ class Manifest:
         )
         if self.token_files is not None:
             data["token_files"] = self.token_files
+        if self.details:
+            data.update(self.details)
         if self.options.get("decontaminate"):
             data["contaminated_by_task"] = dict(sorted(Counter(c["task"] for c in self.contaminated).items()))
             data["contaminated"] = list(self.contaminated)

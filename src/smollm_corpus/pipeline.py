@@ -35,6 +35,7 @@ from .worker import BATCH_ROWS, HYDRATE_ROWS, Job, WorkerPool, in_threads
 
 if TYPE_CHECKING:
     from .dedup import Pass
+    from .mixture import Sample
 
 __all__ = ["FetchResult", "Interrupted", "Progress", "configs_of", "fetch"]
 
@@ -116,6 +117,7 @@ def fetch(
     dask_wait: float = 120,
     progress: Callable[[Progress], None] | None = None,
     dedup: "Pass | None" = None,
+    sample: "Sample | None" = None,
 ) -> FetchResult:
     """Fetch ``subset`` into ``out_dir/<folder>/input.txt`` (or ``input.jsonl``), resuming a previous run.
 
@@ -160,6 +162,7 @@ def fetch(
         dask_wait: seconds to wait for a Dask worker when there is none, at the start or after all have left.
         progress: called often with the run's :class:`Progress`.
         dedup: one pass of a deduplicated fetch (see :func:`smollm_corpus.fetch_all`), which gives it.
+        sample: one input's sampling pass of a mix (see :func:`smollm_corpus.mix`), which gives it.
 
     Returns:
         The run's counters and paths; ``already_complete`` when a previous run had finished.
@@ -202,6 +205,7 @@ def fetch(
         "where": list(where) or None,
         "decontaminate": decontaminator.identity() if decontaminator else None,
         "dedup": dedup.identity if dedup else None,
+        "mix": sample.identity if sample else None,
         **(tokens.identity if tokens else {}),
     }
     folder = Path(out_dir) / spec.folder
@@ -211,6 +215,8 @@ def fetch(
     layout = tokens.layout(spec.prefix) if tokens else None
     if dedup is not None:
         dedup.folder = folder
+    if sample is not None:
+        sample.folder = folder
     signing = dedup is not None and dedup.signing
 
     previous = None if overwrite else Manifest.load(manifest_path)
@@ -273,8 +279,8 @@ def fetch(
             if manifest is None:
                 _clear(folder, manifest_path, layout, spec.prefix)
                 manifest = Manifest(options, commit=src.commit)
-                if signing:
-                    manifest.save(manifest_path)  # the commit signed is the commit written
+                if signing or sample is not None:
+                    manifest.save(manifest_path)  # the commit read first is the commit read on
             total = src.num_rows if limit is None else limit if src.num_rows is None else min(limit, src.num_rows)
             if tokens:
                 max_bytes = None if max_tokens is None else max_tokens * tokens.itemsize  # the stream's bytes are ids
@@ -289,6 +295,11 @@ def fetch(
                       # contents are fetched a whole chunk at a time, so that requests keep flowing across batches
                       batch_rows=HYDRATE_ROWS if s3 else BATCH_ROWS, one_at_a_time=bool(s3))
             view = Progress(subset, total, token_bytes=tokens.itemsize if tokens else None, hydrated=spec.hydrated)
+            if sample is not None:
+                view.subset = f"{subset} (sampling)"
+                stats = sample.run(run, job, pool, view, progress)
+                return FetchResult(subset, output, manifest_path, stats, False, time.monotonic() - started,
+                                   tokens.itemsize if tokens else None)
             if signing:
                 view.subset = f"{subset} (signing)"
                 stats = dedup.sign(run, job, pool, view, progress)

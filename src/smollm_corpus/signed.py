@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,8 +40,8 @@ def _fsync(path: Path) -> None:
 class Store:
     """The signed chunks of one dataset, in ``folder``."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, key: Callable[[Chunk], str] = key) -> None:
+        self.folder, self.key = folder, key
         with writing(folder):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -50,14 +50,14 @@ class Store:
 
     def get(self, chunk: Chunk) -> PartInfo | None:
         """The stored chunk's info (without its data or signatures), or None when it is not stored."""
-        path = self._path(key(chunk), "info")
+        path = self._path(self.key(chunk), "info")
         if not path.exists():
             return None
         return self._load(path)[1]
 
     def put(self, chunk: Chunk, info: PartInfo, part: Path) -> None:
         """Store ``chunk``: its part (``info.data`` where it is in memory, else the file ``part``, which is moved)."""
-        name = key(chunk)
+        name = self.key(chunk)
         with writing(self.folder):
             target = self._path(name, "part")
             if info.data is not None:
@@ -96,10 +96,18 @@ class Store:
 
     def signatures(self, chunk: Chunk) -> np.ndarray:
         """The signatures of the chunk's documents, in the order of its info's ``rows``."""
-        return np.load(self._path(key(chunk), "sig"), mmap_mode="r")
+        return np.load(self._path(self.key(chunk), "sig"), mmap_mode="r")
+
+    def part_path(self, chunk: Chunk) -> Path:
+        return self._path(self.key(chunk), "part")
 
     def part(self, chunk: Chunk) -> bytes:
-        return self._path(key(chunk), "part").read_bytes()
+        return self.part_path(chunk).read_bytes()
+
+    def drop(self, chunk: Chunk) -> None:
+        """Forget a stored chunk (its info first: what remains of it is never trusted)."""
+        for suffix in ("info", "part", "sig"):
+            self._path(self.key(chunk), suffix).unlink(missing_ok=True)
 
     def drop_parts(self, file_index: int) -> None:
         """Delete the parts of one source file's chunks (their signatures stay)."""

@@ -131,6 +131,9 @@ COSMOPEDIA: dict[str, DatasetSpec] = {
 }
 
 #: names that stand for several: ``fetch NAME --all-configs``
+#: mix presets: the SmolLM-Corpus part of SmolLM's pretraining mixture (its open-web-math 0.06 and
+#: Stack Overflow 0.01 live in other repositories); weights are normalised
+MIX_PRESETS: dict[str, dict[str, float]] = {"smollm": {"fineweb-edu-dedup": 0.70, "cosmopedia-v2": 0.15, "python-edu": 0.08}}
 FAMILIES: dict[str, tuple[str, ...]] = {"cosmopedia": tuple(f"cosmopedia/{c}" for c in COSMOPEDIA_CONFIGS)}
 
 #: the presets of any other Hub dataset: its ``text`` column as is, or stripped one per line
