@@ -128,7 +128,7 @@ class Sample:
         done = self.folder / ".sample" / "drawn.json"
         if done.exists():
             return stats
-        groups = _row_groups(run.src)
+        groups = _row_groups(run.src, pool.local_files)
         rows = sum(g[3] - g[2] for g in groups)
         if self.kind == "documents" and rows < self.budget and not self.allow_repeat:
             raise UsageError(f"{self.name} has {rows:,} rows, fewer than the {self.budget:,} documents of its share; "
@@ -182,19 +182,18 @@ class Sample:
         shutil.rmtree(run.parts_dir, ignore_errors=True)
         return stats
 
-    def drawn(self) -> tuple[list[tuple[Chunk, object]], int, bytes]:
-        """The chunks drawn, in order, with their infos; the row groups of the dataset; the parts' separator."""
+    def drawn(self) -> tuple[list[str], int, bytes]:
+        """The stored chunks drawn, in order; the row groups of the dataset; the parts' separator."""
         recorded = json.loads((self.folder / ".sample" / "drawn.json").read_text())
-        store = self.store
-        keys = store.keys()[: recorded["chunks"]]
-        return [store.load(k) for k in keys], recorded["row_groups"], recorded["separator"].encode()
+        return self.store.keys()[: recorded["chunks"]], recorded["row_groups"], recorded["separator"].encode()
 
 
-def _row_groups(src: source.Source) -> list[tuple]:
+def _row_groups(src: source.Source, local: bool) -> list[tuple]:
     """(file, location, first row, end row, rows of the file) of every non-empty row group, in dataset order."""
     groups = []
     for file in src.files:
-        location = source.local_copy(file.location) or file.location
+        # this machine's workers read a copy in the Hub cache; others (Dask's) read from where the file is
+        location = (source.local_copy(file.location) if local else None) or file.location
         meta = source.read_metadata(file, location)
         start = 0
         for g in range(meta.num_row_groups):
@@ -224,7 +223,7 @@ class _Input:
     """One input's stream of documents during the interleave."""
 
     sample: Sample
-    chunks: list  # (chunk, info), in drawn order
+    chunks: list[str]  # the stored chunks drawn, in drawn order (read one at a time, when opened)
     budget: int
     separator: int = 0  # bytes between two documents of a part
     used: int = 0
@@ -282,7 +281,7 @@ def interleave(inputs: list[_Input], out, manifest: Manifest, separator: bytes, 
 
     def documents(i: int, ordinal: int) -> _Documents:
         if (i, ordinal) not in opened:
-            chunk, info = inputs[i].chunks[ordinal]
+            chunk, info = inputs[i].sample.store.load(inputs[i].chunks[ordinal])
             opened[(i, ordinal)] = _Documents(inputs[i].sample.store, chunk, info, inputs[i].separator, seed, i)
         return opened[(i, ordinal)]
 
@@ -302,8 +301,10 @@ def interleave(inputs: list[_Input], out, manifest: Manifest, separator: bytes, 
             i = min(active, key=lambda i: (inputs[i].used / inputs[i].budget, i))
             stream = inputs[i]
             while len(stream.open) < OPEN_CHUNKS and stream.next < len(stream.chunks):
-                if stream.chunks[stream.next][1].stats.documents:
+                if len(documents(i, stream.next).ends):
                     stream.open.append([stream.next, 0])
+                else:
+                    opened.pop((i, stream.next)).close()
                 stream.next += 1
             if not stream.open:
                 stream.done = True  # drawn to the end: its budget is as near as the documents allow
@@ -422,9 +423,11 @@ def mix(
         raise UsageError("--tokens counts the tokens of a token format: add --format bin or nanogpt (or use --bytes)")
     if kind == "bytes" and token_out is not None:
         raise UsageError(f"--bytes counts text; with --format {format} give --tokens")
-    for forbidden in ("limit", "max_bytes", "max_tokens", "dedup"):
+    for forbidden in ("limit", "max_bytes", "max_tokens"):
         if fetch_options.get(forbidden):
             raise UsageError(f"--{forbidden.replace('_', '-')} does not apply to mix: the budget decides what is taken")
+    if fetch_options.get("dedup"):
+        raise UsageError("mix does not remove near-duplicates yet; --dedup applies to fetch")
     fetch_options = {k: v for k, v in fetch_options.items() if k not in ("limit", "max_bytes", "max_tokens", "dedup")}
     budgets = shares(total, [w for _, w in pairs])
     names = [n for n, _ in pairs]
@@ -529,13 +532,14 @@ def _summary(streams: list[_Input], pairs, kind: str, itemsize: int) -> list[dic
     total_used = sum(s.used for s in streams) or 1
     out = []
     for stream, (name, weight) in zip(streams, pairs):
-        drawn = [[c.file.name, c.start, c.stop] for c, _ in stream.chunks]
+        store = stream.sample.store
+        drawn = [[c.file.name, c.start, c.stop] for c, _ in map(store.load, stream.chunks)]
         out.append({
             "name": name, "weight": weight, "intended_share": weight / weights, "realised_share": stream.used / total_used,
             "budget": stream.budget, kind: stream.used, "documents": stream.documents, "bytes": stream.bytes,
             **({"tokens": stream.bytes // itemsize} if kind == "tokens" else {}),
             "passed_over": stream.passed,
-            "draws": 1 + (stream.chunks[-1][0].index // stream.sample.row_groups if stream.chunks else 0),
+            "draws": 1 + (int(stream.chunks[-1]) // stream.sample.row_groups if stream.chunks else 0),
             "row_groups": drawn,
         })
     return out
