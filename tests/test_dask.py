@@ -144,6 +144,21 @@ def test_dedup_signs_on_the_cluster_and_writes_the_same_bytes(world, cluster, tm
     assert (tmp_path / "remote" / "python-edu" / "duplicates.jsonl").stat().st_size > 0  # files differing in numbers
 
 
+def test_mix_draws_on_the_cluster_to_the_same_bytes(world, cluster, tmp_path):
+    args = ["mix", "fineweb-edu-dedup=0.5", "cosmopedia-v2=0.5", "--documents", "300", "--format", "jsonl",
+            "--revision", DEFAULT_SHA]
+    local = run_cli(*args, "-o", str(tmp_path / "local"), env=world.env("hf-mix-local"))
+    assert local.returncode == 0, local.stderr
+    world.hub.clear_requests()
+    remote = run_cli(*args, "-o", str(tmp_path / "remote"), "--dask", cluster.address, env=world.env("hf-mix-remote"))
+    assert remote.returncode == 0, remote.stderr
+    assert (tmp_path / "remote" / "input.jsonl").read_bytes() == (tmp_path / "local" / "input.jsonl").read_bytes()
+    # only the drawn row groups were read: far from every byte of the 6 fineweb-edu-dedup files
+    sent = sum(b - a for ranges in served(world.hub, "fineweb-edu-dedup").values() for a, b in ranges)
+    size = sum(p.stat().st_size for p in (world.hub.root / "fineweb-edu-dedup").glob("*.parquet"))
+    assert sent < size / 3
+
+
 def test_a_scheduler_file_names_the_cluster(world, cluster, tmp_path):
     local = world.fetch(tmp_path / "local", "cosmopedia-v2")
     assert local.returncode == 0, local.stderr

@@ -135,3 +135,21 @@ def test_cli_mix_then_kill_9_and_resume_gives_the_same_bytes(repo, tmp_path):
     again = run_cli(*args, "-o", str(out), "-q")
     assert again.returncode == 0, again.stderr
     assert (out / "input.jsonl").read_bytes() == (tmp_path / "ref" / "input.jsonl").read_bytes()
+
+
+def test_nanogpt_files_and_the_smollm_preset(repo, tmp_path):
+    import pickle
+
+    import toytokenizer
+    from mirror import text_for
+    from smollm_corpus.mixture import parse_inputs, shares
+
+    assert parse_inputs([], "smollm") == [(WEB, 0.70), (COSMO, 0.15), ("python-edu", 0.08)]
+    assert shares(1000, [0.70, 0.15, 0.08]) == [753, 161, 86]  # normalised, whole, adding up
+    tok = toytokenizer.save(toytokenizer.train([text_for(WEB, i) for i in range(300)], 400), tmp_path / "tok")
+    result = mix({WEB: 0.5, COSMO: 0.5}, tmp_path / "out", source_repo=str(repo), documents=400, format="nanogpt",
+                 tokenizer=str(tok))
+    out = tmp_path / "out"
+    assert (out / "val.bin").stat().st_size > 0 and (out / "train.bin").stat().st_size > (out / "val.bin").stat().st_size
+    assert pickle.loads((out / "meta.pkl").read_bytes())["vocab_size"] == 400
+    assert result.tokens * 2 == (out / "val.bin").stat().st_size + (out / "train.bin").stat().st_size

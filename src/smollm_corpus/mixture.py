@@ -269,7 +269,7 @@ class _Documents:
 
 
 def interleave(inputs: list[_Input], out, manifest: Manifest, separator: bytes, kind: str, itemsize: int,
-               validation: int | None, seed: int, progress: Callable | None, view) -> None:
+               validation: tuple[str, int] | None, seed: int, progress: Callable | None, view) -> None:
     """Append documents to ``out`` from the inputs, each from the one furthest behind its share."""
     position = manifest.position.get("inputs")
     for i, stream in enumerate(inputs):
@@ -290,11 +290,11 @@ def interleave(inputs: list[_Input], out, manifest: Manifest, separator: bytes, 
 
     checkpointed = time.monotonic()
     stats = manifest.stats
-    if validation == 0 and out.val_end is None:
+    if validation is not None and validation[1] == 0 and out.val_end is None:
         out.end_validation(0)
     while True:
-        pieces, length = [], 0
-        while length < WINDOW_BYTES and len(pieces) < 2 * WINDOW_DOCUMENTS:
+        pieces, length, count = [], 0, 0
+        while length < WINDOW_BYTES and count < WINDOW_DOCUMENTS:
             active = [i for i, s in enumerate(inputs) if not s.done]
             if not active:
                 break
@@ -332,10 +332,14 @@ def interleave(inputs: list[_Input], out, manifest: Manifest, separator: bytes, 
                 length += len(separator)
             pieces.append(data)
             length += len(data)
+            count += 1
             if kind == "documents" and stream.used >= stream.budget:
                 stream.done = True
-            if validation is not None and out.val_end is None and (stats.bytes + length) // itemsize >= validation:
-                out.end_validation(stats.bytes + length)
+            if validation is not None and out.val_end is None:
+                unit, amount = validation
+                written = stats.documents + count if unit == "documents" else (stats.bytes + length) // itemsize
+                if written >= amount:
+                    out.end_validation(stats.bytes + length)
         if not pieces:
             break
         out.append(pieces, length)
@@ -482,9 +486,12 @@ def mix(
     itemsize = token_out.itemsize if token_out else 1
     validation = None
     if token_out:  # validation: the first whole documents of the mix holding val_tokens, by default 1% of the budget
-        validation = token_out.val_tokens
-        if validation is None:
-            validation = min(formats.DEFAULT_VAL_TOKENS, total // 100) if kind == "tokens" else 0
+        if token_out.val_tokens is not None:
+            validation = ("tokens", token_out.val_tokens)
+        elif kind == "tokens":
+            validation = ("tokens", min(formats.DEFAULT_VAL_TOKENS, total // 100))
+        else:
+            validation = ("documents", max(1, total // 100))
         from . import shards
 
         out = shards.TokenFiles(folder, token_out.layout("mix"), manifest, manifest_path, token_out.tokenizer.vocab_size)
