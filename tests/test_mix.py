@@ -153,3 +153,33 @@ def test_nanogpt_files_and_the_smollm_preset(repo, tmp_path):
     assert (out / "val.bin").stat().st_size > 0 and (out / "train.bin").stat().st_size > (out / "val.bin").stat().st_size
     assert pickle.loads((out / "meta.pkl").read_bytes())["vocab_size"] == 400
     assert result.tokens * 2 == (out / "val.bin").stat().st_size + (out / "train.bin").stat().st_size
+
+
+def _lsh_pairs(texts: list[str]) -> int:
+    """Pairs of documents the MinHash method calls near-duplicates (one of 14 buckets equal)."""
+    from smollm_corpus import clusters, minhash
+
+    sigs = minhash.Signer().sign(texts)
+    signed = sigs[:, 0] != minhash.UNSIGNED
+    high, low = clusters.bucket_keys(sigs[signed])
+    keys = Counter((b, int(h), int(lo_)) for row_h, row_l in zip(high, low) for b, (h, lo_) in enumerate(zip(row_h, row_l)))
+    return sum(n - 1 for n in keys.values() if n > 1)
+
+
+def test_dedup_leaves_no_near_duplicates_across_the_inputs(tmp_path):
+    from test_dedup import STORIES, WEB as WEB_SAMPLES, _repo
+
+    repo = _repo(tmp_path / "repo", 300, 120, 3)
+    both = {STORIES: 280, WEB_SAMPLES: 100}
+    mix(both, tmp_path / "plain", source_repo=str(repo), documents=380, format="jsonl")
+    texts = [line["text"] for line in _lines(tmp_path / "plain")]
+    assert _lsh_pairs(texts) > 0  # the planted copies, drawn together
+    result = mix(both, tmp_path / "dedup", source_repo=str(repo), documents=380, format="jsonl", dedup=True)
+    texts = [line["text"] for line in _lines(tmp_path / "dedup")]
+    assert len(texts) == 380 and [i["documents"] for i in result.inputs] == [280, 100]
+    assert _lsh_pairs(texts) == 0
+    listed = [json.loads(line) for line in (tmp_path / "dedup" / "duplicates.jsonl").read_text().splitlines()]
+    assert len(listed) >= 3 and {d["dataset"] for d in listed} == {STORIES, WEB_SAMPLES}
+    assert sum(i["duplicates"] for i in result.inputs) >= 1
+    with pytest.raises(UsageError, match="allow-repeat"):
+        mix(both, tmp_path / "x", source_repo=str(repo), documents=380, dedup=True, allow_repeat=True)

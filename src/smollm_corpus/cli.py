@@ -287,7 +287,7 @@ def mix_command(inputs, preset, out_dir, quiet, verbose, format_, dask_scheduler
 #: fetch's options that apply to each input of a mix
 _MIX_SHARED = ("source_repo", "revision", "split", "num_proc", "template", "separator", "format_", "tokenizer", "eot",
                "val_tokens", "shard_tokens", "where", "decontaminate", "benchmarks", "decontam_ngram",
-               "decontam_threshold", "overwrite", "bucket", "s3_endpoint_url", "region", "no_sign_request", "s3_client",
+               "decontam_threshold", "dedup", "overwrite", "bucket", "s3_endpoint_url", "region", "no_sign_request", "s3_client",
                "workers", "dask", "dask_scheduler_file", "dask_wait", "quiet", "verbose")
 mix_command.params.extend(p for p in fetch_command.params if p.name in _MIX_SHARED)
 

@@ -53,6 +53,14 @@ def split_id(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ids & np.uint64((1 << ROW_BITS) - 1))
 
 
+def removed_rows(duplicates: np.ndarray, input_index: int, ordinal: int) -> np.ndarray:
+    """Rows (within the chunk) of the duplicates in chunk ``ordinal`` of input ``input_index``."""
+    first = doc_id(input_index, ordinal, np.zeros(1, np.int64))[0]
+    removed = duplicates["removed"]
+    lo, hi = np.searchsorted(removed, [first, first + (np.uint64(1) << np.uint64(ROW_BITS))])
+    return split_id(removed[lo:hi])[2].astype(np.int64)
+
+
 def _mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: every output bit depends on every input bit."""
     with np.errstate(over="ignore"):

@@ -139,10 +139,7 @@ class Pass:
 
     def removed_rows(self, ordinal: int) -> np.ndarray:
         """Rows (within the chunk) of the duplicates among the stored chunk ``ordinal``."""
-        first = clusters.doc_id(self.index, ordinal, np.zeros(1, np.int64))[0]
-        removed = self.duplicates["removed"]
-        lo, hi = np.searchsorted(removed, [first, first + (np.uint64(1) << np.uint64(clusters.ROW_BITS))])
-        return clusters.split_id(removed[lo:hi])[2].astype(np.int64)
+        return clusters.removed_rows(self.duplicates, self.index, ordinal)
 
 
 class StoredParts:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import formats, signals, signed, source
+from . import clusters, formats, signals, signed, source
 from .dedup import _wait
 from .errors import OutputError, UsageError, writing
 from .manifest import Manifest
@@ -94,29 +94,34 @@ def parse_inputs(given: Sequence[str], preset: str | None) -> list[tuple[str, fl
 class Sample:
     """One input's sampling pass; :func:`pipeline.fetch` runs it in place of writing an output."""
 
-    def __init__(self, name: str, index: int, seed: int, kind: str, budget: int, allow_repeat: bool) -> None:
+    def __init__(self, name: str, index: int, seed: int, kind: str, budget: int, allow_repeat: bool,
+                 sign: bool = False) -> None:
         self.name, self.index, self.seed, self.kind, self.budget = name, index, seed, kind, budget
-        self.allow_repeat = allow_repeat
+        self.allow_repeat, self.sign = allow_repeat, sign
+        #: how much to draw beyond the share: with --dedup, what the duplicates found so far took away
+        self.extra = 0
         self.folder: Path | None = None  # set by fetch
         self.itemsize = 1
 
     @property
     def identity(self) -> dict:
-        return {"seed": self.seed, "input": self.index, "budget": [self.kind, self.budget], "repeat": self.allow_repeat}
+        return {"seed": self.seed, "input": self.index, "budget": [self.kind, self.budget], "repeat": self.allow_repeat,
+                "dedup": self.sign}
 
     @property
     def store(self) -> signed.Store:
         return signed.Store(self.folder / ".sample", key=lambda chunk: f"{chunk.index:08d}")
 
-    def amount(self, info, separator: int) -> tuple[int, int]:
-        """How much of the budget a stored chunk's documents can fill, and the largest of them.
+    def amount(self, info, separator: int, removed: np.ndarray | None = None) -> tuple[int, int]:
+        """How much of the budget a stored chunk's documents (but the ``removed`` rows) can fill, and the largest.
 
         A document larger than the whole share can never be taken, and does not count.
         """
+        keep = np.ones(len(info.ends), bool) if removed is None else ~np.isin(np.asarray(info.rows, np.int64), removed)
         if self.kind == "documents":
-            return info.stats.documents, 1
+            return int(keep.sum()), 1
         ends = np.asarray(info.ends, np.int64)
-        sizes = (np.diff(np.concatenate([[-separator], ends])) - separator) // self.itemsize
+        sizes = ((np.diff(np.concatenate([[-separator], ends])) - separator) // self.itemsize)[keep]
         sizes = sizes[sizes <= self.budget]
         return int(sizes.sum()), int(sizes.max()) if len(sizes) else 0
 
@@ -126,14 +131,15 @@ class Sample:
         if run.tokens:
             self.itemsize = run.tokens.itemsize
         done = self.folder / ".sample" / "drawn.json"
-        if done.exists():
+        target = self.budget + self.extra
+        if done.exists() and json.loads(done.read_text())["target"] >= target:
             return stats
         groups = _row_groups(run.src, pool.local_files)
         rows = sum(g[3] - g[2] for g in groups)
         if self.kind == "documents" and rows < self.budget and not self.allow_repeat:
             raise UsageError(f"{self.name} has {rows:,} rows, fewer than the {self.budget:,} documents of its share; "
                              "lower its weight or the budget, or add --allow-repeat to draw it again")
-        job = replace(job, max_bytes=None)
+        job = replace(job, max_bytes=None, sign=self.sign)
         shutil.rmtree(run.parts_dir, ignore_errors=True)
         with writing(run.folder):
             run.parts_dir.mkdir()
@@ -142,15 +148,15 @@ class Sample:
         total, used, beyond, largest = 0, 0, 0, 0
         try:
             # enough for the share even if the largest document drawn is passed over at its end, and a chunk more
-            while total < self.budget + largest or beyond < 1:
-                if total >= self.budget + largest:
+            while total < target + largest or beyond < 1:
+                if total >= target + largest:
                     beyond += 1
                 while len(window) < 2 * pool.size:
                     chunk = next(drawn)
                     if chunk.index >= len(groups) and not self.allow_repeat:
                         break  # every row group drawn once
                     window.append((chunk, None if store.get(chunk) else pool.submit(job, chunk)))
-                if not window and total >= self.budget + largest:
+                if not window and total >= target + largest:
                     break  # every row group drawn, the last beyond the budget
                 if not window:
                     raise UsageError(
@@ -175,9 +181,12 @@ class Sample:
             raise
         for chunk, _ in window:  # drawn ahead, not needed
             store.drop(chunk)
+        for key in store.keys()[used:]:  # drawn ahead by an earlier run with more workers
+            store.drop(store.load(key)[0])
         with writing(done):
             tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"chunks": used, "row_groups": len(groups), "separator": run.separator.decode()}))
+            tmp.write_text(json.dumps({"chunks": used, "row_groups": len(groups), "separator": run.separator.decode(),
+                                       "target": target}))
             os.replace(tmp, done)
         shutil.rmtree(run.parts_dir, ignore_errors=True)
         return stats
@@ -233,17 +242,19 @@ class _Input:
     open: list = field(default_factory=list)  # [chunk ordinal, documents taken]
     done: bool = False
     passed: int = 0  # documents passed over: each would have taken the input past its share
+    duplicates: int = 0  # documents skipped as near-duplicates of earlier ones (--dedup)
     misses: int = 0  # of them, in a row
     rng: np.random.Generator | None = None
 
     def state(self) -> dict:
         return {"used": self.used, "documents": self.documents, "bytes": self.bytes, "next": self.next,
                 "open": [list(o) for o in self.open], "done": self.done, "passed": self.passed,
+                "duplicates": self.duplicates,
                 "misses": self.misses, "rng": self.rng.bit_generator.state}
 
     def restore(self, state: dict) -> None:
         self.used, self.documents, self.bytes = state["used"], state["documents"], state["bytes"]
-        self.passed, self.misses = state["passed"], state["misses"]
+        self.passed, self.misses, self.duplicates = state["passed"], state["misses"], state["duplicates"]
         self.next, self.open, self.done = state["next"], [list(o) for o in state["open"]], state["done"]
         self.rng.bit_generator.state = state["rng"]
 
@@ -251,11 +262,14 @@ class _Input:
 class _Documents:
     """Where each document of a stored chunk lies in its part, in the chunk's own random order."""
 
-    def __init__(self, store: signed.Store, chunk: Chunk, info, separator: int, seed: int, index: int) -> None:
+    def __init__(self, store: signed.Store, chunk: Chunk, info, separator: int, seed: int, index: int,
+                 removed: np.ndarray | None = None) -> None:
         ends = np.asarray(info.ends, np.int64)
         starts = np.concatenate([[0], ends[:-1] + separator]) if len(ends) else ends
         order = np.random.default_rng([seed, index, chunk.index, 7]).permutation(len(ends))
         self.starts, self.ends = starts[order], ends[order]
+        rows = np.asarray(info.rows, np.int64)[order]
+        self.duplicate = np.isin(rows, removed) if removed is not None else np.zeros(len(rows), bool)
         self.path = store.part_path(chunk)
         self.fd = os.open(self.path, os.O_RDONLY) if len(ends) else -1
 
@@ -269,7 +283,8 @@ class _Documents:
 
 
 def interleave(inputs: list[_Input], out, manifest: Manifest, separator: bytes, kind: str, itemsize: int,
-               validation: tuple[str, int] | None, seed: int, progress: Callable | None, view) -> None:
+               validation: tuple[str, int] | None, seed: int, progress: Callable | None, view,
+               duplicates: np.ndarray | None = None) -> None:
     """Append documents to ``out`` from the inputs, each from the one furthest behind its share."""
     position = manifest.position.get("inputs")
     for i, stream in enumerate(inputs):
@@ -282,7 +297,8 @@ def interleave(inputs: list[_Input], out, manifest: Manifest, separator: bytes, 
     def documents(i: int, ordinal: int) -> _Documents:
         if (i, ordinal) not in opened:
             chunk, info = inputs[i].sample.store.load(inputs[i].chunks[ordinal])
-            opened[(i, ordinal)] = _Documents(inputs[i].sample.store, chunk, info, inputs[i].separator, seed, i)
+            removed = None if duplicates is None else clusters.removed_rows(duplicates, i, ordinal)
+            opened[(i, ordinal)] = _Documents(inputs[i].sample.store, chunk, info, inputs[i].separator, seed, i, removed)
         return opened[(i, ordinal)]
 
     def size(data: bytes) -> int:
@@ -312,11 +328,15 @@ def interleave(inputs: list[_Input], out, manifest: Manifest, separator: bytes, 
             slot = int(stream.rng.integers(len(stream.open)))
             ordinal, taken = stream.open[slot]
             docs = documents(i, ordinal)
-            data = docs.read(taken)
+            duplicate = bool(docs.duplicate[taken])
+            data = b"" if duplicate else docs.read(taken)
             stream.open[slot][1] += 1
             if stream.open[slot][1] == len(docs.ends):
                 del stream.open[slot]
                 exhausted.append(opened.pop((i, ordinal)))
+            if duplicate:
+                stream.duplicates += 1
+                continue
             if kind != "documents" and stream.used + size(data) > stream.budget:
                 # it would pass the share: passed over, and the share is full once MAX_MISSES in a row are
                 stream.passed += 1
@@ -430,8 +450,9 @@ def mix(
     for forbidden in ("limit", "max_bytes", "max_tokens"):
         if fetch_options.get(forbidden):
             raise UsageError(f"--{forbidden.replace('_', '-')} does not apply to mix: the budget decides what is taken")
-    if fetch_options.get("dedup"):
-        raise UsageError("mix does not remove near-duplicates yet; --dedup applies to fetch")
+    dedup = bool(fetch_options.get("dedup"))
+    if dedup and allow_repeat:
+        raise UsageError("--allow-repeat draws documents again, which --dedup would remove: give one of them")
     fetch_options = {k: v for k, v in fetch_options.items() if k not in ("limit", "max_bytes", "max_tokens", "dedup")}
     budgets = shares(total, [w for _, w in pairs])
     names = [n for n, _ in pairs]
@@ -441,7 +462,8 @@ def mix(
         "source": fetch_options.get("source_repo"), "revision": fetch_options.get("revision"),
         "where": list(fetch_options.get("where") or ()) or None,
         "decontaminate": bool(fetch_options.get("decontaminate")) or None,
-        "mix": {"inputs": [[n, w] for n, w in pairs], "budget": [kind, total], "seed": seed, "allow_repeat": allow_repeat},
+        "mix": {"inputs": [[n, w] for n, w in pairs], "budget": [kind, total], "seed": seed, "allow_repeat": allow_repeat,
+                "dedup": dedup},
         **(token_out.identity if token_out else {}),
     }
     jsonl = format == "jsonl"
@@ -473,10 +495,18 @@ def mix(
         if other.name != key:  # the samples of a mix with other options: never used again
             shutil.rmtree(other, ignore_errors=True)
     work = work / key
-    samples = [Sample(n, i, seed, kind, b, allow_repeat) for i, (n, b) in enumerate(zip(names, budgets))]
-    for name, sample in zip(names, samples):
+    samples = [Sample(n, i, seed, kind, b, allow_repeat, dedup) for i, (n, b) in enumerate(zip(names, budgets))]
+
+    def draw(name: str, sample: Sample) -> None:
         fetch(name, work, format=format, template=template, separator=separator, tokenizer=tokenizer, eot=eot,
               val_tokens=val_tokens, shard_tokens=shard_tokens, progress=progress, sample=sample, **fetch_options)
+
+    for name, sample in zip(names, samples):
+        draw(name, sample)
+    duplicates = None
+    if dedup:
+        duplicates = _deduplicate(samples, work / "clusters", draw)
+        _write_duplicates(folder / "duplicates.jsonl", samples, duplicates)
     streams = []
     for sample, budget in zip(samples, budgets):
         chunks, groups, part_separator = sample.drawn()
@@ -499,7 +529,7 @@ def mix(
         out = Output(partial, manifest, manifest_path)
     view = Progress("mix (interleaving)", None)
     try:
-        interleave(streams, out, manifest, sep, kind, itemsize, validation, seed, progress, view)
+        interleave(streams, out, manifest, sep, kind, itemsize, validation, seed, progress, view, duplicates)
         summary = _summary(streams, pairs, kind, itemsize)
         manifest.details = {"inputs": summary}
         if token_out:
@@ -519,6 +549,56 @@ def mix(
     shutil.rmtree(folder / ".mix", ignore_errors=True)
     return MixResult(output, manifest_path, manifest.stats, False, time.monotonic() - started, summary,
                      token_out.itemsize if token_out else None)
+
+
+#: rounds of drawing more for the documents near-duplicates took away, at most
+DEDUP_ROUNDS = 8
+
+
+def _deduplicate(samples: list[Sample], folder: Path, draw: Callable[[str, Sample], None]) -> np.ndarray:
+    """The near-duplicates among every input's drawn documents (the first in input, then draw, order is kept).
+
+    An input whose drawn documents no longer fill its share without them draws more, and the
+    clusters are found again, until each share is filled (or after DEDUP_ROUNDS rounds).
+    """
+    for _ in range(DEDUP_ROUNDS):
+        duplicates = clusters.Clusters([s.store for s in samples], folder).run()
+        short = []
+        for i, sample in enumerate(samples):
+            keys, _, separator = sample.drawn()
+            usable, largest = 0, 0
+            for ordinal, key in enumerate(keys):
+                amount, most = sample.amount(sample.store.load(key)[1], len(separator),
+                                             clusters.removed_rows(duplicates, i, ordinal))
+                usable, largest = usable + amount, max(largest, most)
+            if usable < sample.budget + largest:
+                sample.extra += sample.budget + largest - usable
+                short.append(sample)
+        if not short:
+            return duplicates
+        shutil.rmtree(folder, ignore_errors=True)  # before drawing more: these clusters are out of date
+        for sample in short:
+            draw(sample.name, sample)
+    log.warning("near-duplicates still leave some inputs short of their share after %d rounds of drawing more",
+                DEDUP_ROUNDS)
+    return clusters.Clusters([s.store for s in samples], folder).run()
+
+
+def _write_duplicates(path: Path, samples: list[Sample], duplicates: np.ndarray) -> None:
+    """Each near-duplicate among the drawn documents, the one it duplicates, and their similarity."""
+    keys = [s.drawn()[0] for s in samples]
+
+    def where(doc: int) -> dict:
+        i, ordinal, row = (int(x[0]) for x in clusters.split_id(np.array([doc], np.uint64)))
+        chunk, _ = samples[i].store.load(keys[i][ordinal])
+        return {"dataset": samples[i].name, "file": chunk.file.name, "file_row": chunk.start + row}
+
+    tmp = path.with_name(path.name + ".tmp")
+    with writing(path), open(tmp, "w") as f:
+        for removed, kept, similarity in zip(duplicates["removed"].tolist(), duplicates["kept"].tolist(),
+                                             duplicates["similarity"].tolist()):
+            f.write(json.dumps({**where(removed), "duplicate_of": where(kept), "similarity": round(similarity, 3)}) + "\n")
+    os.replace(tmp, path)
 
 
 def _separator(format: str, template: str | None, separator: str | None, names: list[str]) -> bytes:
@@ -545,7 +625,7 @@ def _summary(streams: list[_Input], pairs, kind: str, itemsize: int) -> list[dic
             "name": name, "weight": weight, "intended_share": weight / weights, "realised_share": stream.used / total_used,
             "budget": stream.budget, kind: stream.used, "documents": stream.documents, "bytes": stream.bytes,
             **({"tokens": stream.bytes // itemsize} if kind == "tokens" else {}),
-            "passed_over": stream.passed,
+            "passed_over": stream.passed, "duplicates": stream.duplicates,
             "draws": 1 + (int(stream.chunks[-1]) // stream.sample.row_groups if stream.chunks else 0),
             "row_groups": drawn,
         })
