@@ -634,3 +634,16 @@ def test_dedup_fetches_each_blob_once_and_drops_copied_files(edu_mirror, dataset
     listed = [json.loads(line) for line in (tmp_path / SUBSET / "duplicates.jsonl").read_text().splitlines()]
     assert [(d["row"], d["duplicate_of"]["row"]) for d in listed] == list(copies.items())
     assert manifest(tmp_path)["skipped"] == {"duplicate": len(copies)}
+
+
+def test_mix_fetches_only_the_drawn_rows_once(edu_mirror, s3, proxy, bucket, tmp_path):
+    put_blobs(s3, bucket, sources(range(sum(SIZES))))
+    result = run_cli("mix", f"{SUBSET}=1", "--documents", "100", "--format", "jsonl", "--source", str(edu_mirror),
+                     "--bucket", bucket, "--s3-endpoint-url", proxy.endpoint, *PROXIED, "-o", str(tmp_path), "-q", env=ENV)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "input.jsonl").read_text().splitlines()
+    assert len(lines) == 100
+    drawn = json.loads((tmp_path / "manifest.json").read_text())["inputs"][0]["row_groups"]
+    rows = sum(stop - start for _, start, stop in drawn)
+    assert proxy.total == rows < sum(SIZES)  # the drawn row groups' blobs, each once; no other
+    assert all(proxy.requests(key(blob_id_for(i))) <= 1 for i in range(sum(SIZES)))

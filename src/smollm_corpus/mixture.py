@@ -145,13 +145,15 @@ class Sample:
             run.parts_dir.mkdir()
         drawn = _draw(groups, self.seed, self.index)
         window: deque[tuple[Chunk, Future | None]] = deque()
-        total, used, beyond, largest = 0, 0, 0, 0
+        total, used, largest, processed = 0, 0, 0, 0
         try:
-            # enough for the share even if the largest document drawn is passed over at its end, and a chunk more
-            while total < target + largest or beyond < 1:
-                if total >= target + largest:
-                    beyond += 1
-                while len(window) < 2 * pool.size:
+            # enough for the share even if the largest document drawn is passed over at its end
+            while total < target + largest:
+                # chunks in flight are drawn only while what they are likely to hold is still wanted
+                average = total / processed if processed else None
+                while len(window) < (pool.size if average is None else 2 * pool.size):
+                    if average is not None and total + average * len(window) >= target + largest:
+                        break
                     chunk = next(drawn)
                     if chunk.index >= len(groups) and not self.allow_repeat:
                         break  # every row group drawn once
@@ -169,7 +171,7 @@ class Sample:
                 else:
                     info = store.get(chunk)
                 amount, most = self.amount(info, len(run.separator))
-                total, largest = total + amount, max(largest, most)
+                total, largest, processed = total + amount, max(largest, most), processed + 1
                 used = chunk.index + 1
                 stats.add(info.stats)
                 view.rows, view.documents, view.bytes, view.skipped = stats.rows, stats.documents, stats.bytes, stats.skipped
