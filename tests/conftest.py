@@ -83,36 +83,28 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
 
 
 def kill_at_checkpoint(manifest: Path, proc: subprocess.Popen, rows: int, timeout: float = 120) -> dict:
-    """SIGKILL ``proc`` at its first checkpoint that records at least ``rows`` rows; returns that manifest.
+    """SIGKILL ``proc`` at its first checkpoint that records at least ``rows`` rows; returns that manifest."""
+    seen: dict = {}
 
-    The fetch runs 5 ms at a time between 10 ms stops: checkpoints come every 0.5 s of wall time,
-    so they fall every third of what it would do in that time, and however fast the machine, it
-    cannot run from one checkpoint past the end between two looks at its manifest.
-    """
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            proc.send_signal(signal.SIGSTOP)
-            time.sleep(0.01)
-            try:
-                state = json.loads(manifest.read_text())
-            except (FileNotFoundError, ValueError):
-                state = {}
-            if state.get("rows", 0) >= rows:
-                assert not state["complete"], "the fetch finished before it could be killed"
-                proc.kill()
-                return state
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-    raise AssertionError(f"the fetch ended or stalled before {rows} rows were checkpointed")
+    def checkpointed() -> bool:
+        try:
+            seen.update(json.loads(manifest.read_text()))
+        except (FileNotFoundError, ValueError):
+            return False
+        return seen.get("rows", 0) >= rows
+
+    kill_when(proc, checkpointed, timeout)
+    assert not seen["complete"], "the fetch finished before it could be killed"
+    return seen
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds, looking while it is stopped (see kill_at_checkpoint)."""
+    """SIGKILL ``proc`` as soon as ``ready()`` holds, looking while it is stopped.
+
+    The run goes on 5 ms at a time between 10 ms stops: a checkpoint (every 0.5 s of wall time)
+    falls every third of what it would do in that time, and however fast the machine, it cannot
+    run from one moment worth catching past its end between two looks.
+    """
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -127,4 +119,4 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
-    raise AssertionError("the fetch ended before the moment to kill it")
+    raise AssertionError("the run ended or stalled before the moment to kill it")

@@ -197,16 +197,20 @@ def test_resume_after_kill_9_while_signing_and_while_writing(big_repo, reference
     assert not (tmp_path / ".dedup").exists()
 
 
-def test_resume_in_the_middle_of_the_cluster_steps(big_repo, reference, tmp_path):
+def _cluster_steps_again(repo: Path, out: Path):
+    """A run stopped as its writing began, its clusters put back to undone; the steps, and their partitions."""
     from smollm_corpus import clusters, signed
 
-    # stopped as the writing began, then put back to where the cluster steps were half done
-    partial = tmp_path / STORIES / "input.txt.incomplete"
-    kill_when(_start(big_repo, tmp_path), partial.exists)
-    work = _work(tmp_path)
+    partial = out / STORIES / "input.txt.incomplete"
+    kill_when(_start(repo, out), partial.exists)
+    work = _work(out)
     (work / "clusters" / "duplicates.npy").unlink()
     steps = clusters.Clusters([signed.Store(work / "000"), signed.Store(work / "001")], work / "clusters")
-    partitions = steps._partition()
+    return steps, steps._partition()
+
+
+def test_resume_in_the_middle_of_the_cluster_steps(big_repo, reference, tmp_path):
+    steps, partitions = _cluster_steps_again(big_repo, tmp_path)
     steps._pairs(partitions[0])  # the partitions done, and the pairs of one
     result = run_cli("fetch", STORIES, WEB, "--dedup", "--source", str(big_repo), "-o", str(tmp_path), "-q")
     assert result.returncode == 0, result.stderr
@@ -214,14 +218,7 @@ def test_resume_in_the_middle_of_the_cluster_steps(big_repo, reference, tmp_path
 
 
 def test_resume_of_a_partition_step_stopped_part_way(big_repo, reference, tmp_path):
-    from smollm_corpus import clusters, signed
-
-    partial = tmp_path / STORIES / "input.txt.incomplete"
-    kill_when(_start(big_repo, tmp_path), partial.exists)
-    work = _work(tmp_path)
-    (work / "clusters" / "duplicates.npy").unlink()
-    steps = clusters.Clusters([signed.Store(work / "000"), signed.Store(work / "001")], work / "clusters")
-    partitions = steps._partition()
+    _, partitions = _cluster_steps_again(big_repo, tmp_path)
     (partitions[0].parent / "done").unlink()  # stopped before its end: a partition file holds half its records
     with open(partitions[0], "r+b") as f:
         f.truncate(f.seek(0, 2) // 2)

@@ -28,7 +28,6 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from . import clusters, plan, signed
 from .downloads import Downloads, Remote
 from .errors import UsageError, writing
 from .parts import PartInfo
-from .run import DOWNLOADS_AHEAD, Interrupted, Run
+from .run import DOWNLOADS_AHEAD, Interrupted, Run, result_of
 from .stats import Stats
 from .worker import Chunk, Job
 
@@ -102,7 +101,7 @@ class Pass:
                     break
                 chunk, future = window.popleft()
                 if future is not None:
-                    info = _wait(future, pool, view, progress)
+                    info = result_of(future, pool, view, progress)
                     store.put(chunk, info, run.parts_dir / f"{chunk.index:06d}.part")
                     stats.add(info.stats)
                 if chunk.ends_file:
@@ -208,18 +207,6 @@ def without(info: PartInfo, data: bytes, removed: np.ndarray, separator: bytes) 
     skipped = sorted([*info.skipped_rows, *((int(r), "duplicate", "") for r in rows[drop])])
     stats = Stats(info.stats.rows, len(kept), len(joined), Counter(reason for _, reason, _ in skipped))
     return PartInfo(stats, skipped, array("q", rows[kept].tolist()), array("q", new_ends.tolist()), data=[joined])
-
-
-def _wait(future: Future, pool, view, progress) -> PartInfo:
-    while True:
-        try:
-            return future.result(timeout=0.2)
-        except FutureTimeout:
-            pool.check()
-            while not pool.queue.empty():  # progress reports: the view counts stored chunks only
-                pool.queue.get_nowait()
-            if progress:
-                progress(view)
 
 
 def _show(view, stats: Stats, progress) -> None:

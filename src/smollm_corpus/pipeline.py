@@ -35,7 +35,7 @@ from .worker import BATCH_ROWS, HYDRATE_ROWS, Job, WorkerPool, in_threads
 
 if TYPE_CHECKING:
     from .dedup import Pass
-    from .mixture import Sample
+    from .sample import Sample
 
 __all__ = ["FetchResult", "Interrupted", "Progress", "configs_of", "fetch"]
 

@@ -33,6 +33,20 @@ DOWNLOADS_AHEAD = 4
 CHECKPOINT_SECONDS = 0.5
 
 
+def result_of(future: Future, pool, view, progress: Callable | None):
+    """The future's result, checking the pool and showing ``view`` while it is awaited (progress reports are dropped)."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except FutureTimeout:
+            pool.check()
+            with contextlib.suppress(queue_module.Empty):
+                while True:
+                    pool.queue.get_nowait()
+            if progress:
+                progress(view)
+
+
 class Interrupted(SmollmCorpusError):
     """The run was stopped by a signal; what was appended is kept."""
 
