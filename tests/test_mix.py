@@ -183,3 +183,16 @@ def test_dedup_leaves_no_near_duplicates_across_the_inputs(tmp_path):
     assert sum(i["duplicates"] for i in result.inputs) >= 1
     with pytest.raises(UsageError, match="allow-repeat"):
         mix(both, tmp_path / "x", source_repo=str(repo), documents=380, dedup=True, allow_repeat=True)
+
+
+def test_a_rerun_does_nothing_and_other_options_need_overwrite(repo, tmp_path):
+    from smollm_corpus.errors import OutputError
+
+    first = _mix(repo, tmp_path)
+    again = _mix(repo, tmp_path)
+    assert again.already_complete and again.stats.documents == first.stats.documents == 300
+    assert [i["documents"] for i in again.inputs] == [210, 90]
+    with pytest.raises(OutputError, match="other options .*mix"):
+        _mix(repo, tmp_path, seed=5)
+    changed = _mix(repo, tmp_path, seed=5, overwrite=True)
+    assert not changed.already_complete and _lines(tmp_path) != []

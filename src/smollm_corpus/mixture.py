@@ -186,7 +186,7 @@ def mix(
     key = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
     work = folder / ".mix"
     for other in (work.iterdir() if work.exists() else ()):
-        if other.name != key:  # the samples of a mix with other options: never used again
+        if other.name != key or overwrite:  # the samples of a mix with other options: never used again
             shutil.rmtree(other, ignore_errors=True)
     work = work / key
     samples = [Sample(n, i, seed, kind, b, allow_repeat, dedup) for i, (n, b) in enumerate(zip(names, budgets))]
