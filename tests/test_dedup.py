@@ -231,3 +231,16 @@ def test_cli_says_what_dedup_needs(repo, tmp_path):
     result = run_cli("fetch", STORIES, WEB, "--dedup", "--source", str(repo), "-o", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "3 duplicate" in result.stderr and "signing" not in result.stderr.splitlines()[-1]
+
+
+def test_decontaminated_rows_are_never_first_occurrences(repo, tmp_path):
+    a, _ = _corpus(300, 120)
+    benchmarks = tmp_path / "eval.jsonl"
+    benchmarks.write_text(json.dumps({"text": a[7], "task_name": "mmlu"}) + "\n")
+    results = fetch_all([STORIES, WEB], tmp_path, dedup=True, source_repo=str(repo), format="jsonl",
+                        decontaminate=True, benchmarks=str(benchmarks))
+    # stories row 7 and its copy, web row 10, are both contaminated: dropped as such, neither a duplicate
+    listed = [json.loads(line)["row"] for line in _lines(tmp_path / WEB / "duplicates.jsonl")]
+    assert listed == [20, 31]
+    assert results[0].stats.skipped["contaminated"] == 1 and results[1].stats.skipped["contaminated"] == 1
+    assert results[1].stats.skipped["duplicate"] == 2

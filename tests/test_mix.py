@@ -196,3 +196,20 @@ def test_a_rerun_does_nothing_and_other_options_need_overwrite(repo, tmp_path):
         _mix(repo, tmp_path, seed=5)
     changed = _mix(repo, tmp_path, seed=5, overwrite=True)
     assert not changed.already_complete and _lines(tmp_path) != []
+
+
+def test_filters_and_decontamination_apply_to_each_input(repo, tmp_path):
+    from mirror import text_for
+
+    benchmarks = tmp_path / "eval.jsonl"
+    # a third of fineweb-edu-dedup's rows copy a benchmark sample (not its 130 KB documents of one sentence: a
+    # sample like that makes the recipe's diff take minutes for each document that shares it)
+    copied = [text_for(WEB, i) for i in range(0, 850, 3) if len(text_for(WEB, i)) < 10_000]
+    benchmarks.write_text("".join(json.dumps({"text": t, "task_name": "mmlu"}) + "\n" for t in copied if t.strip()))
+    result = _mix(repo, tmp_path / "out", where=[f"{COSMO}: format != 'story'", "text is not null"],
+                  decontaminate=True, benchmarks=str(benchmarks))
+    lines = _lines(tmp_path / "out")
+    assert len(lines) == 300 and Counter(map(_origin, lines)) == {WEB: 210, COSMO: 90}
+    assert all(line["format"] != "story" for line in lines if _origin(line) == COSMO)
+    assert not {line["text"] for line in lines} & set(copied)
+    assert [i["documents"] for i in result.inputs] == [210, 90]

@@ -252,7 +252,8 @@ def mix_command(inputs, preset, out_dir, quiet, verbose, format_, dask_scheduler
 
     Each input is a name fetch accepts with its weight (normalised); documents are drawn from
     row groups across the whole dataset, and the output interleaves the inputs at their
-    weights in every stretch. Every fetch option of text, tokens, filters and python-edu applies.
+    weights in every stretch. Every fetch option of text, tokens, filters and python-edu applies;
+    --where "NAME: EXPR" filters the input NAME only.
 
     \b
     Examples:

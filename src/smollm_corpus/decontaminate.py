@@ -71,6 +71,8 @@ def _ratio(document: str, sample: str) -> float:
     at a fraction of the cost. Pieces are compared by hash: one shared by chance only keeps more
     of the document, which changes no block.
     """
+    if sample and sample in document:  # the whole sample is the longest match: no need to diff (a long,
+        return 1.0  # repetitive copy, a benchmark sample of 130 KB of one sentence, would take the matcher minutes)
     at = np.flatnonzero(np.isin(_pieces(document), _pieces(sample)))
     kept = np.zeros(len(document) + 2, bool)  # kept[i + 1]: character i is kept
     for j in range(1, 7):

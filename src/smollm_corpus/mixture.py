@@ -191,9 +191,12 @@ def mix(
     work = work / key
     samples = [Sample(n, i, seed, kind, b, allow_repeat, dedup) for i, (n, b) in enumerate(zip(names, budgets))]
 
+    where = fetch_options.pop("where", None) or ()
+
     def draw(name: str, sample: Sample) -> None:
         fetch(name, work, format=format, template=template, separator=separator, tokenizer=tokenizer, eot=eot,
-              val_tokens=val_tokens, shard_tokens=shard_tokens, progress=progress, sample=sample, **fetch_options)
+              val_tokens=val_tokens, shard_tokens=shard_tokens, progress=progress, sample=sample,
+              where=filters_for(name, where, names), **fetch_options)
 
     for name, sample in zip(names, samples):
         draw(name, sample)
@@ -247,6 +250,19 @@ def mix(
 
 #: rounds of drawing more for the documents near-duplicates took away, at most
 DEDUP_ROUNDS = 8
+
+
+def filters_for(name: str, where: Sequence[str], names: Sequence[str]) -> list[str]:
+    """The ``--where`` expressions of one input: those without a prefix, and those given as ``NAME: EXPR``."""
+    chosen = []
+    for expression in where:
+        scope, sep, rest = expression.partition(":")
+        if sep and scope.strip() in names:
+            if scope.strip() == name:
+                chosen.append(rest.strip())
+        else:
+            chosen.append(expression)
+    return chosen
 
 
 def _deduplicate(samples: list[Sample], folder: Path, draw: Callable[[str, Sample], None]) -> np.ndarray:
