@@ -145,6 +145,8 @@ def test_a_rerun_with_other_datasets_is_another_fetch(repo, tmp_path):
         fetch_all([STORIES], tmp_path, dedup=True, source_repo=str(repo))
     with pytest.raises(UsageError, match="named twice"):
         fetch_all([STORIES, STORIES], tmp_path / "x", dedup=True, source_repo=str(repo))
+    with pytest.raises(UsageError, match="--limit"):
+        fetch_all([STORIES, WEB], tmp_path / "y", dedup=True, source_repo=str(repo), max_bytes=10_000)
 
 
 # -- resumes after kill -9 in each pass ------------------------------------------------------------

@@ -79,3 +79,12 @@ def test_bucket_keys_match_only_equal_buckets():
             keys.add((int(high[d, k]), int(low[d, k])))
     assert len(keys) == 1000 * 14 - 1
     assert high[1, 0] == high[0, 0] and low[1, 0] == low[0, 0] and high[2, 1] != high[0, 0]
+
+
+def test_forgetting_what_was_learnt_changes_no_signature(signer, monkeypatch):
+    texts = [TRICKY, QUICK, "0km 0mb dont wed ├── 😀😀 " * 5, TRICKY.upper()]
+    expected = minhash.Signer().sign(texts)
+    monkeypatch.setattr(minhash, "_PIECES_KEPT", 2)  # start again at nearly every text
+    forgetful = minhash.Signer()
+    assert all((forgetful.sign([t])[0] == expected[i]).all() for i, t in enumerate(texts))
+    assert (forgetful.sign(texts) == expected).all()

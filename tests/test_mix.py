@@ -213,3 +213,30 @@ def test_filters_and_decontamination_apply_to_each_input(repo, tmp_path):
     assert all(line["format"] != "story" for line in lines if _origin(line) == COSMO)
     assert not {line["text"] for line in lines} & set(copied)
     assert [i["documents"] for i in result.inputs] == [210, 90]
+
+
+def test_edge_cases_are_refused_with_advice(repo, tmp_path):
+    from smollm_corpus.mixture import filters_for
+
+    with pytest.raises(UsageError, match="cosmopedia-v2 would get nothing of a budget of 10 documents"):
+        mix({WEB: 0.99, COSMO: 0.01}, tmp_path, source_repo=str(repo), documents=10)
+    scoped = ["hf:me/data: score > 3", "cosmopedia-v2: format == 'story'", "text is not null"]
+    names = ["hf:me/data", "cosmopedia-v2"]
+    assert filters_for("hf:me/data", scoped, names) == ["score > 3", "text is not null"]
+    assert filters_for("cosmopedia-v2", scoped, names) == ["format == 'story'", "text is not null"]
+    with pytest.raises(UsageError, match="no document that fits"):  # every row filtered out, drawn again: none either
+        mix({WEB: 0.5, COSMO: 0.5}, tmp_path / "none", source_repo=str(repo), documents=100, allow_repeat=True,
+            where=[f"{COSMO}: format == 'nothing'"])
+
+
+def test_overwrite_leaves_no_token_file_of_the_mix_it_replaces(repo, tmp_path):
+    import toytokenizer
+    from mirror import text_for
+
+    tok = toytokenizer.save(toytokenizer.train([text_for(WEB, i) for i in range(300)], 400), tmp_path / "tok")
+    options = {"source_repo": str(repo), "format": "bin", "tokenizer": str(tok), "val_tokens": 0, "shard_tokens": 2000}
+    mix({WEB: 0.5, COSMO: 0.5}, tmp_path / "out", tokens=20_000, **options)
+    many = sorted(p.name for p in (tmp_path / "out").glob("*.bin"))
+    mix({WEB: 0.5, COSMO: 0.5}, tmp_path / "out", tokens=5_000, overwrite=True, **options)
+    few = sorted(p.name for p in (tmp_path / "out").glob("*.bin"))
+    assert len(many) > len(few) >= 2 and set(few) < set(many)

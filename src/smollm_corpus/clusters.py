@@ -16,7 +16,8 @@ each resumable after ``kill -9`` (a step's output is renamed into place when who
    by propagating the smallest id, and each duplicate is listed with the document it
    duplicates and the similarity their signatures estimate.
 
-Memory: a partition at a time, then 16 bytes per pair and 40 per document that has a pair.
+Memory: a partition at a time (48 MB up to 75 million documents, more beyond), then the pairs
+(up to 14 of 16 bytes per document that has a near-duplicate) and 40 bytes per such document.
 Disk: 24 bytes per document and bucket (336 per document) for the partitions.
 """
 

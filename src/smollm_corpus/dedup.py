@@ -125,10 +125,16 @@ class Pass:
 
     # ---- pass 3: write
     def chunks(self, position: dict) -> Iterator[Chunk]:
-        """The stored chunks from ``position`` on, numbered for a run."""
+        """The stored chunks from ``position`` on, numbered for a run.
+
+        A position inside a chunk is where --max-bytes (or --max-tokens) cut the output: it is full.
+        """
         at = (position["file"], position["row"])
+        stored = [chunk for chunk, _ in self.store.chunks()]
+        if any(chunk.file.index == at[0] and chunk.start < at[1] < chunk.stop for chunk in stored):
+            return
         index = 0
-        for chunk, _ in self.store.chunks():
+        for chunk in stored:
             if (chunk.file.index, chunk.start) >= at:
                 yield replace(chunk, index=index)
                 index += 1
@@ -240,6 +246,11 @@ def fetch_all(names: Sequence[str], out_dir=".", *, dedup: bool = False, progres
     names = list(names)
     if len(set(names)) != len(names):
         raise UsageError("a dataset is named twice; --dedup keeps the first of its duplicates, name each dataset once")
+    if len(names) > 255:
+        raise UsageError("--dedup takes at most 255 datasets at once")
+    if len(names) > 1 and (options.get("max_bytes") or options.get("max_tokens")):
+        raise UsageError("--max-bytes and --max-tokens cut each output after its duplicates are known, so documents "
+                         "left out could still remove later datasets' documents; with --dedup, use --limit")
     from . import minhash
 
     minhash.signer()  # a missing package is reported before anything starts

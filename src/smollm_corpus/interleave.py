@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -96,7 +97,7 @@ def interleave(inputs: list[Input], out, manifest: Manifest, separator: bytes, k
         if position:
             stream.restore(position[i])
     opened: dict[tuple[int, int], _Documents] = {}
-    exhausted: list[_Documents] = []
+    exhausted: list[Path] = []  # parts used up, deleted once the output holding them is durable
 
     def documents(i: int, ordinal: int) -> _Documents:
         if (i, ordinal) not in opened:
@@ -105,6 +106,16 @@ def interleave(inputs: list[Input], out, manifest: Manifest, separator: bytes, k
             opened[(i, ordinal)] = _Documents(inputs[i].sample.store, chunk, info, inputs[i].separator, seed, i, removed)
         return opened[(i, ordinal)]
 
+    try:
+        _append_all(inputs, out, manifest, separator, kind, itemsize, validation, progress, view, documents, opened,
+                    exhausted)
+    finally:
+        for docs in opened.values():
+            docs.close()
+
+
+def _append_all(inputs, out, manifest, separator, kind, itemsize, validation, progress, view, documents, opened,
+                exhausted) -> None:
     def size(data: bytes) -> int:
         return 1 if kind == "documents" else len(data) // itemsize
 
@@ -137,7 +148,8 @@ def interleave(inputs: list[Input], out, manifest: Manifest, separator: bytes, k
             stream.open[slot][1] += 1
             if stream.open[slot][1] == len(docs.ends):
                 del stream.open[slot]
-                exhausted.append(opened.pop((i, ordinal)))
+                opened.pop((i, ordinal)).close()
+                exhausted.append(docs.path)
             if duplicate:
                 stream.duplicates += 1
                 continue
@@ -176,12 +188,5 @@ def interleave(inputs: list[Input], out, manifest: Manifest, separator: bytes, k
             progress(view)
         if time.monotonic() - checkpointed > CHECKPOINT_SECONDS:
             done, exhausted = exhausted, []
-            out.checkpoint(lambda done=done: [_drop(d) for d in done])
+            out.checkpoint(lambda done=done: [path.unlink(missing_ok=True) for path in done])
             checkpointed = time.monotonic()
-    for docs in [*opened.values(), *exhausted]:
-        docs.close()
-
-
-def _drop(docs: _Documents) -> None:
-    docs.close()
-    docs.path.unlink(missing_ok=True)

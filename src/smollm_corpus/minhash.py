@@ -112,33 +112,30 @@ class Signer:
         simplified = self.simplify(text)
         if not simplified:
             return []
+        if len(self._whole) + len(self._split) > _PIECES_KEPT:  # start again: never in the middle of a text
+            self._whole, self._split = set(), {}
+        whole, split = self._whole, self._split  # this text's view, whatever another thread starts
         pieces = simplified.split(" ")
-        new = set(pieces).difference(self._whole)  # most pieces were seen before, whole
+        new = set(pieces).difference(whole)  # most pieces were seen before, whole
         if new:
-            for piece in new.difference(self._split):
-                self._learn(piece)
-            if not new.isdisjoint(self._split):
-                split = self._split
+            for piece in new.difference(split):
+                words = self._cut(piece)
+                if words == (piece,):
+                    whole.add(piece)
+                else:
+                    split[piece] = words
+            if not new.isdisjoint(split):
                 return [word for piece in pieces for word in split.get(piece, (piece,))]
         # datatrove strips each word and drops empty ones: a no-op here, as no piece holds whitespace
         return pieces
 
-    def _learn(self, piece: str) -> None:
-        """Whether spaCy keeps ``piece`` whole, or into which words it cuts it; remembered."""
-        if len(self._whole) > _PIECES_KEPT:
-            self._whole.clear()
+    def _cut(self, piece: str) -> tuple[str, ...]:
+        """The words spaCy cuts ``piece`` into (itself alone for most)."""
         if piece in self._special:
-            words = tuple(self._special[piece])
-        elif piece.isalpha() or piece == "0":
-            words = (piece,)
-        else:
-            words = tuple(token.text for token in self._spacy(piece))
-        if words == (piece,):
-            self._whole.add(piece)
-        else:
-            if len(self._split) > _PIECES_KEPT:
-                self._split.clear()
-            self._split[piece] = words
+            return tuple(self._special[piece])
+        if piece.isalpha() or piece == "0":
+            return (piece,)
+        return tuple(token.text for token in self._spacy(piece))
 
     def shingle_hashes(self, text: str) -> list[int]:
         """The xxh64 of each run of 5 words, joined by spaces, in order."""

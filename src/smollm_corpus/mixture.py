@@ -40,6 +40,11 @@ from .subsets import MIX_PRESETS as PRESETS
 log = logging.getLogger("smollm_corpus")
 
 BUDGETS = ("tokens", "bytes", "documents")
+#: inputs of a mix, at most (a document's id holds its input's place in 8 bits)
+MAX_INPUTS = 255
+#: fetch options that do not change the output, left out of the mix's identity
+_NOT_IDENTITY = {"num_proc", "dask", "dask_wait", "workers", "s3_client", "s3_endpoint_url", "region", "no_sign_request",
+                 "source_repo", "revision", "where", "decontaminate"}
 
 
 def shares(total: int, weights: Sequence[float]) -> list[int]:
@@ -150,6 +155,12 @@ def mix(
     fetch_options = {k: v for k, v in fetch_options.items() if k not in ("limit", "max_bytes", "max_tokens", "dedup")}
     budgets = shares(total, [w for _, w in pairs])
     names = [n for n, _ in pairs]
+    if len(pairs) > MAX_INPUTS:
+        raise UsageError(f"a mix takes at most {MAX_INPUTS} inputs")
+    empty = [n for n, b in zip(names, budgets) if b == 0]
+    if empty:
+        raise UsageError(f"{', '.join(empty)} would get nothing of a budget of {total:,} {kind}: raise the budget "
+                         "or its weight")
     folder = Path(out_dir)
     options = {
         "subset": "mix", "format": format, "template": template, "separator": separator,
@@ -157,7 +168,8 @@ def mix(
         "where": list(fetch_options.get("where") or ()) or None,
         "decontaminate": bool(fetch_options.get("decontaminate")) or None,
         "mix": {"inputs": [[n, w] for n, w in pairs], "budget": [kind, total], "seed": seed, "allow_repeat": allow_repeat,
-                "dedup": dedup},
+                "dedup": dedup, **{k: v for k, v in sorted(fetch_options.items())
+                                   if k not in _NOT_IDENTITY and v is not None and v is not False}},
         **(token_out.identity if token_out else {}),
     }
     jsonl = format == "jsonl"
@@ -171,6 +183,7 @@ def mix(
             raise OutputError(f"{folder} holds a mix made with other options (differing: {', '.join(changed)}); "
                               "add --overwrite to replace it, or choose another --out-dir")
         if previous.complete:
+            shutil.rmtree(folder / ".mix", ignore_errors=True)  # a run stopped between its last two steps
             return MixResult(output, manifest_path, previous.stats, True, time.monotonic() - started,
                              json.loads(manifest_path.read_text()).get("inputs", []),
                              token_out.itemsize if token_out else None)
@@ -178,7 +191,7 @@ def mix(
         folder.mkdir(parents=True, exist_ok=True)
     manifest = previous
     if manifest is None:  # recorded at once: a rerun with other options is refused from the start
-        _clear(folder, manifest_path)
+        _clear(folder, manifest_path, token_out)
         manifest = Manifest(options)
         manifest.position = {}
         with writing(manifest_path):
@@ -256,12 +269,11 @@ def filters_for(name: str, where: Sequence[str], names: Sequence[str]) -> list[s
     """The ``--where`` expressions of one input: those without a prefix, and those given as ``NAME: EXPR``."""
     chosen = []
     for expression in where:
-        scope, sep, rest = expression.partition(":")
-        if sep and scope.strip() in names:
-            if scope.strip() == name:
-                chosen.append(rest.strip())
-        else:
+        scope = next((n for n in names if expression.startswith(n + ":")), None)  # hf:OWNER/NAME holds a colon too
+        if scope is None:
             chosen.append(expression)
+        elif scope == name:
+            chosen.append(expression[len(scope) + 1:].strip())
     return chosen
 
 
@@ -342,7 +354,7 @@ def _summary(streams: list[Input], pairs, kind: str, itemsize: int) -> list[dict
     return out
 
 
-def _clear(folder: Path, manifest_path: Path) -> None:
-    from .pipeline import _remove_outputs
+def _clear(folder: Path, manifest_path: Path, token_out) -> None:
+    from .pipeline import _clear as clear
 
-    _remove_outputs(folder, manifest_path)
+    clear(folder, manifest_path, token_out.layout("mix") if token_out else None, "mix")

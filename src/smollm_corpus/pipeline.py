@@ -242,7 +242,7 @@ def fetch(
     if tokens:  # each worker encodes its own chunk on its own core: the tokenizer's own thread pool would compete
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = in_threads(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes,
-                         spec.hydrated or signing)  # signing holds the GIL
+                         spec.hydrated or signing or bool(sample and sample.sign))  # signing holds the GIL
     pool = dedup.pool() if dedup is not None and not signing else _pool(num_proc, threads, dask, dask_wait)
     with pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit

@@ -66,10 +66,18 @@ class Sample:
         if run.tokens:
             self.itemsize = run.tokens.itemsize
         done = self.folder / ".sample" / "drawn.json"
+        if done.exists():
+            recorded = json.loads(done.read_text())
+            for key in store.keys()[recorded["chunks"]:]:  # drawn ahead by a run stopped before its end
+                store.drop(store.load(key)[0])
+            # a rerun takes up the extra a previous run had reached (with --dedup, after rounds of drawing more)
+            self.extra = max(self.extra, recorded["target"] - self.budget)
+            if recorded["target"] >= self.budget + self.extra:
+                return stats
         target = self.budget + self.extra
-        if done.exists() and json.loads(done.read_text())["target"] >= target:
-            return stats
         groups = row_groups(run.src, pool.local_files)
+        if not groups:
+            raise UsageError(f"{self.name} has no rows to draw from; leave it out of the mix")
         rows = sum(g[3] - g[2] for g in groups)
         if self.kind == "documents" and rows < self.budget and not self.allow_repeat:
             raise UsageError(f"{self.name} has {rows:,} rows, fewer than the {self.budget:,} documents of its share; "
@@ -92,6 +100,9 @@ class Sample:
                     chunk = next(drawn)
                     if chunk.index >= len(groups) and not self.allow_repeat:
                         break  # every row group drawn once
+                    if chunk.index >= len(groups) and processed >= len(groups) and total == 0:
+                        raise UsageError(f"{self.name} has no document that fits its share (after filters, if any): "
+                                         "drawing it again would give none either")
                     window.append((chunk, None if store.get(chunk) else pool.submit(job, chunk)))
                 if not window and total >= target + largest:
                     break  # every row group drawn, the last beyond the budget
