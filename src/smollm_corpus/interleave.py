@@ -87,106 +87,122 @@ class _Documents:
             self.fd = -1
 
 
-def interleave(inputs: list[Input], out, manifest: Manifest, separator: bytes, kind: str, itemsize: int,
-               validation: tuple[str, int] | None, seed: int, progress: Callable | None, view,
-               duplicates: np.ndarray | None = None) -> None:
-    """Append documents to ``out`` from the inputs, each from the one furthest behind its share."""
-    position = manifest.position.get("inputs")
-    for i, stream in enumerate(inputs):
-        stream.rng = np.random.default_rng([seed, i, 1])
-        if position:
-            stream.restore(position[i])
-    opened: dict[tuple[int, int], _Documents] = {}
-    exhausted: list[Path] = []  # parts used up, deleted once the output holding them is durable
+class Interleaver:
+    """Appends documents to ``out`` from the inputs, each time from the one furthest behind its share.
 
-    def documents(i: int, ordinal: int) -> _Documents:
-        if (i, ordinal) not in opened:
-            chunk, info = inputs[i].sample.store.load(inputs[i].chunks[ordinal])
-            removed = None if duplicates is None else clusters.removed_rows(duplicates, i, ordinal)
-            opened[(i, ordinal)] = _Documents(inputs[i].sample.store, chunk, info, inputs[i].separator, seed, i, removed)
-        return opened[(i, ordinal)]
+    ``kind`` is what the budget counts (tokens, bytes or documents; ``itemsize`` bytes a token);
+    ``validation`` (token formats) is where validation ends, as (tokens or documents, how many);
+    ``duplicates`` (--dedup) are skipped. The inputs' state is taken up from the manifest's position.
+    """
 
-    try:
-        _append_all(inputs, out, manifest, separator, kind, itemsize, validation, progress, view, documents, opened,
-                    exhausted)
-    finally:
-        for docs in opened.values():
-            docs.close()
+    def __init__(self, inputs: list[Input], out, manifest: Manifest, separator: bytes, kind: str, itemsize: int,
+                 validation: tuple[str, int] | None, seed: int, duplicates: np.ndarray | None = None) -> None:
+        self.inputs, self.out, self.manifest, self.separator = inputs, out, manifest, separator
+        self.kind, self.itemsize, self.validation, self.seed, self.duplicates = kind, itemsize, validation, seed, duplicates
+        position = manifest.position.get("inputs")
+        for i, stream in enumerate(inputs):
+            stream.rng = np.random.default_rng([seed, i, 1])
+            if position:
+                stream.restore(position[i])
+        self.opened: dict[tuple[int, int], _Documents] = {}
+        self.used_up: list[Path] = []  # parts used up, deleted once the output holding them is durable
 
+    def run(self, progress: Callable | None, view) -> None:
+        """Append until every input has its share; ``view`` (a Progress) goes to ``progress`` after each window."""
+        try:
+            self._append_all(progress, view)
+        finally:
+            for docs in self.opened.values():
+                docs.close()
 
-def _append_all(inputs, out, manifest, separator, kind, itemsize, validation, progress, view, documents, opened,
-                exhausted) -> None:
-    def size(data: bytes) -> int:
-        return 1 if kind == "documents" else len(data) // itemsize
+    def _append_all(self, progress: Callable | None, view) -> None:
+        stats, out = self.manifest.stats, self.out
+        if self.validation is not None and self.validation[1] == 0 and out.val_end is None:
+            out.end_validation(0)
+        checkpointed = time.monotonic()
+        while True:
+            pieces, length, count = [], 0, 0
+            while length < WINDOW_BYTES and count < WINDOW_DOCUMENTS:
+                data = self._next()
+                if data is None:
+                    break
+                if (stats.bytes or length) and self.separator:
+                    pieces.append(self.separator)
+                    length += len(self.separator)
+                pieces.append(data)
+                length += len(data)
+                count += 1
+                if self.validation is not None and out.val_end is None:
+                    unit, amount = self.validation
+                    written = stats.documents + count if unit == "documents" else (stats.bytes + length) // self.itemsize
+                    if written >= amount:
+                        out.end_validation(stats.bytes + length)
+            if not pieces:
+                return
+            out.append(pieces, length)
+            with signals.held():  # a checkpoint never sees the bytes without the inputs' state that led to them
+                stats.bytes += length
+                stats.documents = sum(s.documents for s in self.inputs)
+                self.manifest.position = {"inputs": [s.state() for s in self.inputs]}
+            view.documents, view.bytes = stats.documents, stats.bytes
+            if progress:
+                progress(view)
+            if time.monotonic() - checkpointed > CHECKPOINT_SECONDS:
+                done, self.used_up = self.used_up, []
+                out.checkpoint(lambda done=done: [path.unlink(missing_ok=True) for path in done])
+                checkpointed = time.monotonic()
 
-    checkpointed = time.monotonic()
-    stats = manifest.stats
-    if validation is not None and validation[1] == 0 and out.val_end is None:
-        out.end_validation(0)
-    while True:
-        pieces, length, count = [], 0, 0
-        while length < WINDOW_BYTES and count < WINDOW_DOCUMENTS:
+    def _next(self) -> bytes | None:
+        """The next document to append, counted to its input; None once every input has its share."""
+        inputs = self.inputs
+        while True:
             active = [i for i, s in enumerate(inputs) if not s.done]
             if not active:
-                break
+                return None
             i = min(active, key=lambda i: (inputs[i].used / inputs[i].budget, i))
             stream = inputs[i]
             while len(stream.open) < OPEN_CHUNKS and stream.next < len(stream.chunks):
-                if len(documents(i, stream.next).ends):
+                if len(self._documents(i, stream.next).ends):
                     stream.open.append([stream.next, 0])
                 else:
-                    opened.pop((i, stream.next)).close()
+                    self.opened.pop((i, stream.next)).close()
                 stream.next += 1
             if not stream.open:
-                stream.done = True  # drawn to the end: its budget is as near as the documents allow
+                stream.done = True  # drawn to the end: its share is as near as the documents allow
                 continue
             slot = int(stream.rng.integers(len(stream.open)))
             ordinal, taken = stream.open[slot]
-            docs = documents(i, ordinal)
+            docs = self._documents(i, ordinal)
             duplicate = bool(docs.duplicate[taken])
             data = b"" if duplicate else docs.read(taken)
             stream.open[slot][1] += 1
             if stream.open[slot][1] == len(docs.ends):
                 del stream.open[slot]
-                opened.pop((i, ordinal)).close()
-                exhausted.append(docs.path)
+                self.opened.pop((i, ordinal)).close()
+                self.used_up.append(docs.path)
             if duplicate:
                 stream.duplicates += 1
                 continue
-            if kind != "documents" and stream.used + size(data) > stream.budget:
+            size = 1 if self.kind == "documents" else len(data) // self.itemsize
+            if self.kind != "documents" and stream.used + size > stream.budget:
                 # it would pass the share: passed over, and the share is full once MAX_MISSES in a row are
                 stream.passed += 1
                 stream.misses += 1
                 stream.done = stream.misses >= MAX_MISSES
                 continue
             stream.misses = 0
-            stream.used += size(data)
+            stream.used += size
             stream.documents += 1
             stream.bytes += len(data)
-            if stats.bytes + length and separator:
-                pieces.append(separator)
-                length += len(separator)
-            pieces.append(data)
-            length += len(data)
-            count += 1
-            if kind == "documents" and stream.used >= stream.budget:
+            if self.kind == "documents" and stream.used >= stream.budget:
                 stream.done = True
-            if validation is not None and out.val_end is None:
-                unit, amount = validation
-                written = stats.documents + count if unit == "documents" else (stats.bytes + length) // itemsize
-                if written >= amount:
-                    out.end_validation(stats.bytes + length)
-        if not pieces:
-            break
-        out.append(pieces, length)
-        with signals.held():
-            stats.bytes += length
-            stats.documents = sum(s.documents for s in inputs)
-            manifest.position = {"inputs": [s.state() for s in inputs]}
-        view.documents, view.bytes = stats.documents, stats.bytes
-        if progress:
-            progress(view)
-        if time.monotonic() - checkpointed > CHECKPOINT_SECONDS:
-            done, exhausted = exhausted, []
-            out.checkpoint(lambda done=done: [path.unlink(missing_ok=True) for path in done])
-            checkpointed = time.monotonic()
+            return data
+
+    def _documents(self, i: int, ordinal: int) -> _Documents:
+        if (i, ordinal) not in self.opened:
+            stream = self.inputs[i]
+            chunk, info = stream.sample.store.load(stream.chunks[ordinal])
+            removed = None if self.duplicates is None else clusters.removed_rows(self.duplicates, i, ordinal)
+            self.opened[(i, ordinal)] = _Documents(stream.sample.store, chunk, info, stream.separator, self.seed, i,
+                                                   removed)
+        return self.opened[(i, ordinal)]

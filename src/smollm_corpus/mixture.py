@@ -30,7 +30,7 @@ import numpy as np
 
 from . import clusters, formats
 from .errors import OutputError, UsageError, writing
-from .interleave import Input, interleave
+from .interleave import Input, Interleaver
 from .manifest import Manifest
 from .output import Output
 from .sample import Sample
@@ -239,7 +239,7 @@ def mix(
         out = Output(partial, manifest, manifest_path)
     view = Progress("mix (interleaving)", None)
     try:
-        interleave(streams, out, manifest, sep, kind, itemsize, validation, seed, progress, view, duplicates)
+        Interleaver(streams, out, manifest, sep, kind, itemsize, validation, seed, duplicates).run(progress, view)
         summary = _summary(streams, pairs, kind, itemsize)
         manifest.details = {"inputs": summary}
         if token_out:
