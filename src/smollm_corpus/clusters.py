@@ -40,8 +40,6 @@ MAX_PARTITIONS = 512
 ROW_BITS, CHUNK_BITS = 24, 32
 DUPLICATES_DTYPE = np.dtype([("removed", "<u8"), ("kept", "<u8"), ("similarity", "<f4")])
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
 
 def doc_id(input_index: int, ordinal: int, row: np.ndarray) -> np.ndarray:
     return (np.uint64(input_index) << np.uint64(ROW_BITS + CHUNK_BITS)) | (np.uint64(ordinal) << np.uint64(ROW_BITS)) | row.astype(np.uint64)

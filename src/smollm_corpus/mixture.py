@@ -39,7 +39,6 @@ from .subsets import MIX_PRESETS as PRESETS
 
 log = logging.getLogger("smollm_corpus")
 
-BUDGETS = ("tokens", "bytes", "documents")
 #: inputs of a mix, at most (a document's id holds its input's place in 8 bits)
 MAX_INPUTS = 255
 #: fetch options that do not change the output, left out of the mix's identity

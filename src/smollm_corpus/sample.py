@@ -35,6 +35,7 @@ class Sample:
         self.allow_repeat, self.sign = allow_repeat, sign
         #: how much to draw beyond the share: with --dedup, what the duplicates found so far took away
         self.extra = 0
+        self.row_groups = 0  # in the dataset, once drawn
         self.folder: Path | None = None  # set by fetch
         self.itemsize = 1
 
