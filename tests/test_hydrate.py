@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 
 import pytest
@@ -234,6 +235,14 @@ def test_order_is_kept_with_1_and_32_threads(s3: str) -> None:
     for threads in (1, 32):
         with hydrator(s3, threads=threads) as h:
             assert h.fetch(ids) == expected
+
+
+def test_fetches_from_several_threads_at_once_each_get_their_own_blobs(s3: str) -> None:
+    ids = [b for i, b in enumerate(MANY) if i % 3]
+    parts = [ids[i::3] for i in range(3)]
+    with hydrator(s3, threads=8) as h, ThreadPoolExecutor(3) as callers:
+        results = list(callers.map(h.fetch, parts))
+    assert results == [[ok(b) for b in part] for part in parts]
 
 
 def test_a_failure_cancels_the_rest_of_the_fetch(proxy: FaultProxy) -> None:

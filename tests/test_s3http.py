@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import gzip
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,9 +94,17 @@ def signed_s3() -> Iterator[SignedS3]:
         )
 
 
+def fetch(get: LeanGet, key: str = "content/" + BLOB, loop: asyncio.AbstractEventLoop | None = None) -> bytes:
+    """``get.get(key)`` run to its end on ``loop`` (a new one by default)."""
+    if loop is not None:
+        return loop.run_until_complete(get.get(key))
+    with asyncio.Runner() as runner:
+        return runner.run(get.get(key))
+
+
 def signature_error(get: LeanGet) -> str:
     with enable_iam_authentication(), pytest.raises(ClientError) as raised:
-        get.get("content/" + BLOB)
+        fetch(get)
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     return raised.value.response["Error"]["Code"]
 
@@ -105,7 +115,7 @@ def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(monkeypatch,
         monkeypatch.setenv(name, value)
     get = lean(signed_s3.endpoint, bucket=BUCKET)
     with enable_iam_authentication():
-        assert gzip.decompress(get.get("content/" + BLOB)) == TEXT
+        assert gzip.decompress(fetch(get)) == TEXT
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     assert signature_error(lean(signed_s3.endpoint, bucket=BUCKET)) == "SignatureDoesNotMatch"
@@ -123,7 +133,7 @@ def test_credentials_are_read_at_each_request_so_refreshed_ones_sign_the_next(si
     credentials = RefreshableCredentials.create_from_metadata(refresh(), refresh, "test")
     get = lean_get(client(signed_s3.endpoint)[1], credentials, BUCKET, 1.0, 1.0)
     with enable_iam_authentication():
-        assert gzip.decompress(get.get("content/" + BLOB)) == TEXT
+        assert gzip.decompress(fetch(get)) == TEXT
     current["secret_key"] = "rotated-away"
     assert signature_error(get) == "SignatureDoesNotMatch"
 
@@ -175,16 +185,125 @@ class _ClosingServer(ThreadingHTTPServer):
         self.closed.release()
 
 
-def test_a_connection_the_server_closed_is_replaced_before_the_next_request_and_the_tool_names_itself():
+def test_a_connection_the_server_closed_is_replaced_and_the_tool_names_itself():
     server = _ClosingServer()
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         get = lean(f"http://127.0.0.1:{server.server_address[1]}", unsigned=True)
-        for _ in range(3):
-            assert get.get("content/" + BLOB) == TEXT
-            assert server.closed.acquire(timeout=10)  # the next request finds its connection closed
-        get.close()
+        with asyncio.Runner() as runner:
+            loop = runner.get_loop()
+            for _ in range(3):
+                assert fetch(get, loop=loop) == TEXT
+                assert server.closed.acquire(timeout=10)  # the next request finds its connection closed
+            get.close()
     finally:
         server.shutdown()
         server.server_close()
     assert server.user_agents == [f"smollm-corpus/{__version__}"] * 3
+
+
+class _RawServer:
+    """A TCP server on 127.0.0.1 that answers each request with ``reply(request_number)`` bytes (None: stay silent)."""
+
+    def __init__(self, reply) -> None:
+        import socket
+
+        self.reply, self.connections, self.requests = reply, 0, 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._held: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._held.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:
+        buffer = b""
+        for _ in range(1000):  # bounded: the tests send a few requests
+            while b"\r\n\r\n" not in buffer:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buffer += data
+            _, buffer = buffer.split(b"\r\n\r\n", 1)
+            self.requests += 1
+            answer = self.reply(self.requests)
+            if answer is not None:
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def start(reply):
+        servers.append(_RawServer(reply))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_answers_in_chunks_or_with_a_length_keep_one_connection(raw_server):
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nprint\r\n3\r\n(1)\r\n0\r\n\r\n"
+    sized = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nprint(2)"
+    server = raw_server(lambda n: chunked if n % 2 else sized)
+    get = lean(server.url, unsigned=True)
+    with asyncio.Runner() as runner:
+        bodies = [fetch(get, loop=runner.get_loop()) for _ in range(4)]
+        get.close()
+    assert bodies == [b"print(1)", b"print(2)"] * 2
+    assert server.connections == 1 and server.requests == 4
+
+
+def test_an_error_without_a_body_is_named_by_its_status(raw_server):
+    server = raw_server(lambda n: b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(ClientError) as raised:
+        fetch(lean(server.url, unsigned=True))
+    assert raised.value.response["Error"] == {"Code": "503", "Message": "Slow Down"}
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+
+
+def test_a_silent_server_times_out_and_garbage_is_refused(raw_server):
+    from botocore.exceptions import HTTPClientError
+
+    silent = raw_server(lambda n: None)
+    started = time.monotonic()
+    with pytest.raises(HTTPClientError, match="no answer for 1 s"):
+        fetch(lean(silent.url, unsigned=True))  # the read timeout is 1 s
+    assert 0.9 < time.monotonic() - started < 10
+    garbage = raw_server(lambda n: b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    with pytest.raises(HTTPClientError, match="not valid HTTP"):
+        fetch(lean(garbage.url, unsigned=True))
+
+
+def test_a_connection_closed_before_the_whole_answer_fails_the_request(raw_server):
+    from botocore.exceptions import HTTPClientError
+
+    def reply(n):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nprint("
+
+    server = raw_server(reply)
+    get = lean(server.url, unsigned=True)
+    with asyncio.Runner() as runner:
+        loop = runner.get_loop()
+        task = loop.create_task(get.get("content/" + BLOB))
+        loop.run_until_complete(asyncio.sleep(0.3))
+        server.close()  # the rest of the body never comes
+        with pytest.raises(HTTPClientError):
+            loop.run_until_complete(asyncio.wait_for(task, 10))

@@ -141,8 +141,8 @@ def _templates(presets, default_note: str = "") -> None:
 @click.option("--region", default="us-east-1", show_default=True, help="python-edu: S3 region.")
 @click.option("--no-sign-request", is_flag=True, help="python-edu: send unsigned S3 requests.")
 @click.option("--s3-client", type=click.Choice(["lean", "boto3", "urllib3"]), default="lean", show_default=True,
-              help="python-edu: lean sends the requests boto3 prepares, signed by botocore, at under half of boto3's "
-                   "CPU; boto3 sends them itself (urllib3: the former name of lean).")
+              help="python-edu: lean sends the requests boto3 prepares, signed by botocore, at under a quarter of "
+                   "boto3's CPU; boto3 sends them itself (urllib3: a former name of lean).")
 @click.option("--workers", type=click.IntRange(min=1),
               help="python-edu: S3 requests in flight, over all processes  [default: 32 per worker process]")
 @click.option("--dask", envvar="SMOLLM_CORPUS_DASK", metavar="ADDRESS",

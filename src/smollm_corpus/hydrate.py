@@ -1,26 +1,28 @@
 """Hydration: fetch python-edu file contents from Software Heritage's S3 bucket.
 
 Each blob lives at ``content/<blob_id>`` in the bucket, gzip-compressed. A :class:`Hydrator`
-fetches a chunk of blobs concurrently with one client shared by a thread pool, and returns
-them in the chunk's order.
+fetches a chunk of blobs concurrently on an asyncio event loop of its own, in a thread of its
+own (so any thread may call it), and returns them in the chunk's order.
 
 boto3 spends about a millisecond of CPU per request, which is what bounds a process. The
 boto3 client is built once per Hydrator with the per-request work it does not need turned off,
 and by default only decides what to send: :mod:`.s3http` then sends that same request for
-each blob at a fraction of the CPU (``client="boto3"`` sends every request through boto3).
+each blob at a fraction of the CPU (``client="boto3"`` sends every request through boto3, from
+a pool of threads, one per request in flight).
 A client must not cross a fork and cannot be pickled: construct the Hydrator inside the
 process that uses it (the pipeline's spawned workers each build their own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import random
 import re
 import threading
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 
@@ -160,15 +162,13 @@ def _no_credentials(error: Exception) -> S3AccessDenied:
     )
 
 
-class _Cancelled(Exception):
-    """Another blob of the same fetch failed: stop without a result."""
-
-
 class Hydrator:
-    """Fetches blobs concurrently with one boto3 client shared by a thread pool. One per process; never pickled or forked."""
+    """Fetches blobs concurrently on an event loop of its own. One per process; never pickled or forked."""
 
     def __init__(self, options: S3Options, threads: int) -> None:
-        """Build the client and a pool of ``threads`` threads, each with one request in flight.
+        """Build the client, and an event loop that keeps ``threads`` requests in flight.
+
+        With ``client="boto3"`` each request in flight takes one of ``threads`` threads, as boto3 blocks.
 
         Raises:
             ValueError: ``threads`` or ``options.max_attempts`` is less than 1.
@@ -182,15 +182,19 @@ class Hydrator:
         session = botocore.session.get_session()
         self._client = _make_client(session, options, threads)
         self._lean = None
+        self._pool = None
         if options.client == "lean":
             try:
                 credentials = None if options.unsigned else session.get_credentials()
                 self._lean = lean_get(self._client, credentials, options.bucket, CONNECT_TIMEOUT, READ_TIMEOUT)
             except _CREDENTIAL_ERRORS as error:  # boto3 would meet them at the first request
                 raise _no_credentials(error) from error
+        if self._lean is None:
+            self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hydrate")
         self._endpoint = self._lean.endpoint if self._lean is not None else self._client.meta.endpoint_url
-        self._get_object = self._client.get_object
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hydrate")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hydrate", daemon=True)
+        self._thread.start()
 
     def __enter__(self) -> Hydrator:
         return self
@@ -199,7 +203,7 @@ class Hydrator:
         self.close()
 
     def fetch(self, blob_ids: Sequence[str]) -> list[Blob]:
-        """Fetch every blob of ``blob_ids`` concurrently.
+        """Fetch every blob of ``blob_ids`` concurrently; thread-safe.
 
         An id that is not 40 lowercase hex characters (None included) comes back INVALID, unrequested.
 
@@ -210,47 +214,59 @@ class Hydrator:
             S3AccessDenied, S3BucketNotFound, S3Unreachable, S3Failed: the first error any blob
             met; the rest of the fetch is abandoned at once.
         """
-        results: list[Blob] = [_INVALID] * len(blob_ids)
-        valid = [i for i, b in enumerate(blob_ids) if isinstance(b, str) and BLOB_ID.fullmatch(b)]
-        todo, lock, stop = iter(valid), threading.Lock(), threading.Event()
-
-        def drain() -> None:
-            while not stop.is_set():
-                with lock:
-                    i = next(todo, None)
-                if i is None:
-                    return
-                results[i] = self._fetch_one(blob_ids[i], stop)
-
-        workers = [self._pool.submit(drain) for _ in range(min(self._threads, len(valid)))]
+        future = asyncio.run_coroutine_threadsafe(self._fetch_all(blob_ids), self._loop)
         try:
-            done, _ = wait(workers, return_when=FIRST_EXCEPTION)
-            for future in done:
-                error = future.exception()
-                if error is not None:
-                    raise error
+            return future.result()
         finally:
-            # Workers still running (after an error, or if the caller is interrupted) finish the
-            # request they have in flight and take no more.
-            stop.set()
+            future.cancel()  # interrupted (Ctrl-C, SIGTERM): the requests in flight are dropped
+
+    async def _fetch_all(self, blob_ids: Sequence[str]) -> list[Blob]:
+        results: list[Blob] = [_INVALID] * len(blob_ids)
+        todo = iter([i for i, b in enumerate(blob_ids) if isinstance(b, str) and BLOB_ID.fullmatch(b)])
+
+        async def drain() -> None:
+            for i in todo:  # shared: each index goes to one of them
+                results[i] = await self._fetch_one(blob_ids[i])
+
+        tasks = [asyncio.ensure_future(drain()) for _ in range(self._threads)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+        finally:
+            # after an error, or when the caller gives up: the other requests are dropped
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return results
 
     def close(self) -> None:
-        """Stop the threads and release the connections."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the loop and release the connections and threads."""
+        if self._thread.is_alive():
+            if self._lean is not None:
+                self._loop.call_soon_threadsafe(self._lean.close)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
-        if self._lean is not None:
-            self._lean.close()
 
-    def _fetch_one(self, blob_id: str, stop: threading.Event) -> Blob:
+    async def _get(self, key: str) -> bytes:
+        if self._lean is not None:
+            return await self._lean.get(key)
+        return await self._loop.run_in_executor(self._pool, self._boto3_get, key)
+
+    def _boto3_get(self, key: str) -> bytes:
+        return self._client.get_object(Bucket=self._options.bucket, Key=key)["Body"].read()
+
+    async def _fetch_one(self, blob_id: str) -> Blob:
         key = "content/" + blob_id
         failures = corrupt = 0
         while True:
             try:
-                if self._lean is not None:
-                    body = self._lean.get(key)
-                else:
-                    body = self._get_object(Bucket=self._options.bucket, Key=key)["Body"].read()
+                body = await self._get(key)
             except ClientError as error:
                 if self._is_missing(error, blob_id):
                     return _MISSING
@@ -271,9 +287,7 @@ class Hydrator:
             failures += 1
             if failures >= self._options.max_attempts:
                 raise self._exhausted(blob_id, failures, last_error) from last_error
-            # waiting on the event lets a failure elsewhere cut a long backoff short
-            if stop.wait(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)))):
-                raise _Cancelled
+            await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1))))
 
     def _is_missing(self, error: ClientError, blob_id: str) -> bool:
         """True for a missing key, False for an error worth retrying; raises when retrying cannot help."""
