@@ -134,6 +134,24 @@ def test_a_fetch_on_dask_writes_the_same_bytes_as_a_local_one(world, cluster, to
     downloaded_once(world.hub, subset)
 
 
+def test_every_worker_fetches_the_job_once_and_nothing_is_left_on_the_cluster(world, cluster, tmp_path):
+    result = world.fetch(tmp_path / "out", "fineweb-edu-dedup", "--dask", cluster.address)
+    assert result.returncode == 0, result.stderr
+    with cluster.client() as client:
+        # each worker fetched the job (no chunk depends on it, so none is tied to the worker that made it)
+        jobs = client.run(lambda: list(__import__("smollm_corpus.cluster").cluster._jobs))  # by value: run there
+        assert len(jobs) == 2 and all(jobs.values())
+        assert len({keys[-1] for keys in jobs.values()}) == 1
+        for _ in range(50):  # released by the scheduler soon after the client lets go
+            state = client.run_on_scheduler(lambda dask_scheduler: (
+                [name for name in dask_scheduler.extensions["variables"].variables if name.startswith("smollm-corpus")],
+                [key for key in dask_scheduler.tasks if str(key).startswith("smollm-corpus")]))
+            if state == ([], []):
+                break
+            time.sleep(0.1)
+        assert state == ([], [])
+
+
 def test_dedup_signs_on_the_cluster_and_writes_the_same_bytes(world, cluster, tmp_path):
     local = world.fetch(tmp_path / "local", "python-edu", "cosmopedia-v2", "--dedup")
     assert local.returncode == 0, local.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import queue as queue_module
@@ -41,6 +42,8 @@ log = logging.getLogger("smollm_corpus")
 CONNECT_SECONDS = 30
 #: seconds between looks at the cluster's workers
 LOOK_SECONDS = 1.0
+#: seconds to wait for a fetch's job: its making, and on a worker the variable and the transfer
+JOB_SECONDS = 30
 
 
 class ClusterError(SmollmCorpusError):
@@ -58,8 +61,11 @@ class DaskPool:
     in_memory = True
     local_files = False
 
-    def __init__(self, address: str, wait: float) -> None:
+    def __init__(self, address: str, wait: float, owner: str = "") -> None:
         """Connect, check the workers' version of smollm-corpus, and wait up to ``wait`` seconds for a first worker.
+
+        ``owner`` names what the work is for (the output folder): a run that is killed leaves its job
+        on the cluster until the next run for the same owner replaces it.
 
         Raises:
             UsageError: a scheduler file that does not exist.
@@ -74,6 +80,7 @@ class DaskPool:
         self._job_future = None
         self._run = uuid.uuid4().hex[:12]
         self._topic = f"smollm-corpus-progress-{self._run}"
+        self._variable = "smollm-corpus-job-" + hashlib.sha256(f"{owner or self._run}".encode()).hexdigest()[:16]
         self._stopped = False
         self._looked = 0.0
         self._alone_since: float | None = None
@@ -98,12 +105,25 @@ class DaskPool:
         """Threads over all workers: chunks that can run at once."""
         return max(sum(self._nthreads.values()), 1)
 
+    @property
+    def window(self) -> int:
+        """Chunks kept submitted: more than twice the threads, which makes Dask count them as root tasks.
+
+        It keeps those queued on the scheduler and gives each, in priority order, to the next worker
+        with a free thread. With fewer it sends them all to workers at once, where one can wait behind
+        a long task while another worker is idle.
+        """
+        return 2 * self.size + 2
+
     def submit(self, job: worker.Job, chunk: worker.Chunk) -> Future:
         """Run ``chunk`` on the cluster; the returned future gives its :class:`parts.PartInfo`."""
         if job is not self._job:
             self._job, self._job_future = job, self._send(job)
-        future = self.client.submit(_run_task, self._job_future, chunk, self._topic, __version__,
-                                    key=f"smollm-corpus-chunk-{self._run}-{chunk.index}", pure=False)
+        # in dataset order, as the output appends them: left to itself, Dask may run a later chunk
+        # first and leave the next one to append queued behind a long task
+        future = self.client.submit(_run_task, self._variable, self._job_future.key, chunk, self._topic, __version__,
+                                    key=f"smollm-corpus-chunk-{self._run}-{chunk.index}", pure=False,
+                                    priority=-chunk.index)
         result: Future = Future()
         result.set_running_or_notify_cancel()
         with self._lock:
@@ -121,10 +141,24 @@ class DaskPool:
         return result
 
     def _send(self, job: worker.Job) -> distributed.Future:
-        """``job`` as a task of its own, sent once: each worker fetches its result once, and the scheduler makes
-        it again if every worker that held it is gone (scattered data would be lost with them)."""
+        """``job`` as a task of its own, sent once and shared in a Dask ``Variable``.
+
+        It is made before any chunk is sent; each worker process then fetches it once, at its first
+        chunk (:func:`_job`), and the scheduler makes it again if every worker that held it is gone
+        (scattered data would be lost with them). Chunk tasks name the variable rather than depend on
+        the job: Dask runs a task where its dependencies are, which put every chunk on the worker
+        that made the job until work stealing moved some, up to 2 s later.
+        """
         with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"}):  # large on purpose, once
-            return self.client.submit(_the_job, job, key=f"smollm-corpus-job-{self._run}", pure=False)
+            future = self.client.submit(_the_job, job, key=f"smollm-corpus-job-{self._run}", pure=False)
+        distributed.Variable(self._variable, client=self.client).set(future)  # replaces a killed run's job
+        try:
+            future.exception(timeout=max(self.wait, JOB_SECONDS))  # made, not sent back: a chunk only fetches it
+        except (TimeoutError, asyncio.TimeoutError):
+            raise ClusterError(f"no Dask worker of {self.address} took the fetch's first task within "
+                               f"{max(self.wait, JOB_SECONDS):.0f} s; check that workers are running (dask worker "
+                               "ADDRESS), then run the same command again") from None
+        return future
 
     def _wait_for_workers(self) -> dict[str, int]:
         nthreads = self.client.nthreads()
@@ -177,6 +211,9 @@ class DaskPool:
         self._stopped = True
         with contextlib.suppress(Exception):
             self.client.unsubscribe_topic(self._topic)
+        if self._job_future is not None:
+            with contextlib.suppress(Exception):
+                distributed.Variable(self._variable, client=self.client).delete()
         with contextlib.suppress(Exception):
             self.client.close(timeout=10)
 
@@ -242,16 +279,52 @@ def _the_job(job: worker.Job) -> worker.Job:
 _one_at_a_time = threading.Lock()
 
 
-def _run_task(job: worker.Job, chunk: worker.Chunk, topic: str, version: str):
+_jobs: dict[str, worker.Job] = {}  # this worker process's jobs, by their task's key, oldest first
+_jobs_lock = threading.Lock()
+#: jobs a worker process keeps: one per fetch running on the cluster at once
+KEPT_JOBS = 4
+
+
+def _run_task(variable: str, job_key: str, chunk: worker.Chunk, topic: str, version: str):
     """A chunk's work, on a worker: what a local worker does, reading the file where this machine finds it."""
     if version != __version__:
         raise ClusterError(f"this Dask worker runs smollm-corpus {__version__}, and the fetch {version}; "
                            "install the same version everywhere")
+    job = _job(variable, job_key)
     if job.tokenizer is not None:  # one chunk per thread of the worker: the tokenizer's own threads would compete
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     chunk = dataclasses.replace(chunk, path=source.local_copy(chunk.file.location) or chunk.file.location)
     with _one_at_a_time if job.one_at_a_time else contextlib.nullcontext():
         return worker.run_chunk(job, chunk, _Events(topic))
+
+
+def _job(variable: str, key: str) -> worker.Job:
+    """The job of task ``key``, shared in ``variable``: fetched at this process's first chunk of it, then kept."""
+    job = _jobs.get(key)
+    if job is not None:
+        return job
+    with _jobs_lock:
+        job = _jobs.get(key)
+        if job is None:
+            future = distributed.Variable(variable, client=distributed.get_client()).get(timeout=JOB_SECONDS)
+            if future.key != key:
+                raise ClusterError("a newer run for the same output replaced this one's work on the cluster; "
+                                   "run one command per output folder at a time")
+            try:
+                job = future.result(timeout=JOB_SECONDS)  # made before any chunk was sent: one transfer
+            except TimeoutError:
+                # made again, as every worker that held it is gone: out of the worker's thread pool while
+                # it is, so that it may be made here (leaving the pool at once would let this worker
+                # start its next chunk beside this one, while another worker waits idle)
+                distributed.secede()
+                try:
+                    job = future.result()
+                finally:
+                    distributed.rejoin()
+            while len(_jobs) >= KEPT_JOBS:
+                del _jobs[next(iter(_jobs))]
+            _jobs[key] = job
+    return job
 
 
 class _Events:

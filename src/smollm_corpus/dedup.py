@@ -92,7 +92,7 @@ class Pass:
         _show(view, stats, progress)
         try:
             while True:
-                while len(window) < 2 * pool.size:
+                while len(window) < pool.window:
                     chunk = next(chunks, None)
                     if chunk is None:
                         break
@@ -155,6 +155,7 @@ class StoredParts:
     """
 
     size = 2
+    window = 4
     in_memory = True
     local_files = False
 

@@ -243,7 +243,7 @@ def fetch(
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = in_threads(templates.parse(template_text, strip=bool(preset and preset.strip)), format, max_bytes,
                          spec.hydrated or signing or bool(sample and sample.sign))  # signing holds the GIL
-    pool = dedup.pool() if dedup is not None and not signing else _pool(num_proc, threads, dask, dask_wait)
+    pool = dedup.pool() if dedup is not None and not signing else _pool(num_proc, threads, dask, dask_wait, folder)
     with pool:  # worker processes start while the source is resolved
         pinned = previous.commit if previous is not None else None  # a resume reads the same commit
         src = source.resolve(source_repo, spec.config, pinned or revision, split)
@@ -311,13 +311,13 @@ def fetch(
                        tokens.itemsize if tokens else None)
 
 
-def _pool(num_proc: int, threads: bool, dask: str | None, wait: float):
-    """The workers: this machine's threads or processes, or a Dask cluster's."""
+def _pool(num_proc: int, threads: bool, dask: str | None, wait: float, folder: Path):
+    """The workers: this machine's threads or processes, or a Dask cluster's (for the output ``folder``)."""
     if dask is None:
         return WorkerPool(num_proc, threads)
     from .cluster import DaskPool  # distributed is imported for a cluster only
 
-    return DaskPool(dask, wait)
+    return DaskPool(dask, wait, str(folder.resolve()))
 
 
 def _default_config(spec: DatasetSpec, repo: str, revision: str | None) -> str:

@@ -108,7 +108,7 @@ class Run:
         checkpointed = time.monotonic()
         try:
             while True:
-                while len(window) < 2 * pool.size:
+                while len(window) < pool.window:
                     chunk = next(chunks, None)
                     if chunk is None:
                         break

@@ -95,7 +95,7 @@ class Sample:
             while total < target + largest:
                 # chunks in flight are drawn only while what they are likely to hold is still wanted
                 average = total / processed if processed else None
-                while len(window) < (pool.size if average is None else 2 * pool.size):
+                while len(window) < (pool.size if average is None else pool.window):
                     if average is not None and total + average * len(window) >= target + largest:
                         break
                     chunk = next(drawn)

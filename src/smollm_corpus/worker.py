@@ -120,7 +120,7 @@ class WorkerPool:
     overlap the main process's work.
 
     A pool (this one, or :class:`cluster.DaskPool`) has ``size`` (chunks that run at once),
-    ``queue`` (progress reports), ``in_memory`` (parts come back in memory rather than in
+    ``window`` (chunks kept submitted, so that a worker never waits for the next), ``queue`` (progress reports), ``in_memory`` (parts come back in memory rather than in
     files), ``local_files`` (workers read the files this process downloads), ``submit``,
     ``check`` (raise if the pool can no longer work) and ``stop``.
     """
@@ -129,6 +129,7 @@ class WorkerPool:
 
     def __init__(self, size: int, threads: bool = False) -> None:
         self.size = size
+        self.window = 2 * size
         self.threads = self.in_memory = threads
         self._stopping = threading.Event()
         self.executor: ThreadPoolExecutor | ProcessPoolExecutor
