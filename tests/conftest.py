@@ -98,6 +98,29 @@ def kill_at_checkpoint(manifest: Path, proc: subprocess.Popen, rows: int, timeou
     return seen
 
 
+def act_when(proc: subprocess.Popen, ready, action, timeout: float = 120) -> None:
+    """Call ``action()`` while ``proc`` is stopped, as soon as ``ready()`` holds (looking while it is stopped), then let it go on.
+
+    Stepped as :func:`kill_when`, so a run cannot finish between the moment and the action.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.01)
+            if ready():
+                action()
+                proc.send_signal(signal.SIGCONT)
+                return
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+    except BaseException:
+        proc.kill()
+        raise
+    proc.kill()
+    raise AssertionError("the run ended or stalled before the moment to act")
+
+
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
     """SIGKILL ``proc`` as soon as ``ready()`` holds, looking while it is stopped.
 

@@ -6,6 +6,7 @@ every output is compared byte for byte with a local run of the same command.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import pytest
 pytest.importorskip("distributed")
 
 import toytokenizer
-from conftest import CLI, _heavy_rows, assert_clean, kill_at_checkpoint, run_cli
+from conftest import CLI, _heavy_rows, act_when, assert_clean, kill_at_checkpoint, run_cli
 from daskcluster import DaskCluster
 from fakehub import DEFAULT_SHA, FakeHub
 from mirror import blob_id_for, build_mirror, python_source_for
@@ -228,18 +229,25 @@ def test_kill_9_of_the_command_then_a_rerun_resumes_to_the_same_bytes(world, clu
     assert files_of(tmp_path / "remote") == files_of(tmp_path / "local")
 
 
+def checkpointed(manifest: Path):
+    """True once ``manifest`` records a checkpoint of a fetch that is not complete."""
+
+    def ready() -> bool:
+        try:
+            return not json.loads(manifest.read_text())["complete"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return False
+
+    return ready
+
+
 def test_ctrl_c_stops_the_cluster_work_and_a_rerun_resumes(world, cluster, tmp_path):
     local = world.fetch(tmp_path / "local", "fineweb-edu-dedup")
     assert local.returncode == 0, local.stderr
     proc = world.popen(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address)
     manifest = tmp_path / "remote" / "fineweb-edu-dedup" / "manifest.json"
-    deadline = time.monotonic() + 60
-    while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    act_when(proc, checkpointed(manifest), lambda: proc.send_signal(signal.SIGINT))
     _, stderr = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the fetch finished before it could be interrupted")
     assert proc.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
     assert_clean(stderr)
@@ -262,13 +270,8 @@ def test_no_worker_then_every_worker_gone_exits_1_and_a_rerun_resumes(world, tmp
         cluster.start_workers()
         proc = world.popen(tmp_path / "remote", "fineweb-edu-dedup", "--dask", cluster.address, "--dask-wait", "2")
         manifest = tmp_path / "remote" / "fineweb-edu-dedup" / "manifest.json"
-        deadline = time.monotonic() + 60
-        while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cluster.stop_workers()
+        act_when(proc, checkpointed(manifest), cluster.stop_workers)
         _, stderr = proc.communicate(timeout=60)
-        if proc.returncode == 0:
-            pytest.skip("the fetch finished before its workers could be stopped")
         assert proc.returncode == 1, stderr
         assert "every Dask worker left" in stderr and "run the same command again to resume" in stderr
         assert_clean(stderr)

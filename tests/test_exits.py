@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, assert_clean
+from conftest import CLI, act_when, assert_clean
 
 SUBSET = "fineweb-edu-dedup"
 
@@ -64,8 +64,7 @@ def test_stop_signals_are_one_message(big_mirror, tmp_path, sig):
     with open(log, "w") as f:
         proc = subprocess.Popen([CLI, "fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path),
                                  "--template", "nanogpt"], stderr=f)
-        _wait_for_checkpoint(tmp_path, proc)
-        proc.send_signal(sig)
+        _at_checkpoint(tmp_path, proc, lambda: proc.send_signal(sig))
         assert proc.wait(timeout=60) == 130
     text = log.read_text()
     assert "safely written; run the same command again to resume" in text
@@ -77,29 +76,34 @@ def test_a_killed_worker_process_is_one_message(big_mirror, tmp_path):
     with open(log, "w") as f:
         proc = subprocess.Popen([CLI, "fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path),
                                  "--template", "nanogpt", "--num-proc", "2"], stderr=f)
-        _wait_for_checkpoint(tmp_path, proc)
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        workers = [pid for pid in children if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
-                   and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert workers, children
-        os.kill(int(workers[0]), signal.SIGKILL)
+        workers = []
+
+        def kill_a_worker() -> None:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            workers.extend(pid for pid in children if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                           and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+            assert workers, children
+            os.kill(int(workers[0]), signal.SIGKILL)
+
+        _at_checkpoint(tmp_path, proc, kill_a_worker)
         assert proc.wait(timeout=60) == 1
     text = log.read_text()
     assert "a worker process died (out of memory, or killed); run the same command again to resume" in text
     assert_clean(text)
 
 
-def _wait_for_checkpoint(out: Path, proc: subprocess.Popen) -> None:
+def _at_checkpoint(out: Path, proc: subprocess.Popen, action) -> None:
+    """Call ``action()`` at the run's first checkpoint, while the run is stopped: it cannot finish first."""
     manifest = out / SUBSET / "manifest.json"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def checkpointed() -> bool:
         try:
-            if json.loads(manifest.read_text())["rows"]:
-                return
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
-        time.sleep(0.02)
-    pytest.fail("the run ended or stalled before its first checkpoint")
+            state = json.loads(manifest.read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        return bool(state.get("rows")) and not state.get("complete")
+
+    act_when(proc, checkpointed, action, timeout=60)
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.2, 0.4])
