@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, kill_at_checkpoint, run_cli
+from conftest import CLI, act_when, kill_at_checkpoint, run_cli
 
 SUBSET = "fineweb-edu-dedup"
 
@@ -29,28 +29,31 @@ def start(mirror: Path, out: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_rows(out: Path, rows: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Wait until a checkpoint records at least ``rows`` rows written."""
+def at_rows(out: Path, rows: int, proc: subprocess.Popen, action, timeout: float = 60) -> None:
+    """Call ``action()`` at the first checkpoint that records at least ``rows`` rows, the run stopped meanwhile.
+
+    The run cannot finish first: it is looked at while stopped, and a complete manifest does not count.
+    """
     manifest = out / SUBSET / "manifest.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def ready() -> bool:
         try:
-            if json.loads(manifest.read_text())["rows"] >= rows:
-                return
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.01)
-    pytest.fail(f"the run ended or stalled before {rows} rows were checkpointed")
+            state = json.loads(manifest.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return state.get("rows", 0) >= rows and not state.get("complete")
+
+    act_when(proc, ready, action, timeout)
 
 
 @pytest.mark.parametrize("rows", [0, 6_000, 60_000])
 def test_resume_after_kill_9_gives_identical_output(big_mirror, tmp_path, reference, rows):
     proc = start(big_mirror, tmp_path, "-q")
     if rows:
-        wait_for_rows(tmp_path, rows, proc)
+        at_rows(tmp_path, rows, proc, proc.kill)
     else:
         time.sleep(1.0)  # while workers are starting or writing their first parts
-    proc.kill()
+        proc.kill()
     proc.wait(timeout=30)
     assert not (tmp_path / SUBSET / "input.txt").exists()
     result = run_cli("fetch", SUBSET, "--source", str(big_mirror), "-o", str(tmp_path), "--num-proc", "2")
@@ -66,8 +69,7 @@ def test_resume_after_kill_9_gives_identical_output(big_mirror, tmp_path, refere
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(big_mirror, tmp_path, reference, sig):
     proc = start(big_mirror, tmp_path)
-    wait_for_rows(tmp_path, 1, proc)
-    proc.send_signal(sig)
+    at_rows(tmp_path, 1, proc, lambda: proc.send_signal(sig))
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "rows of fineweb-edu-dedup are safely written; run the same command again to resume" in stderr
@@ -143,8 +145,7 @@ def test_resume_after_repeated_kills_takes_the_hash_up_without_reading_back(big_
 
 def _stopped_run(mirror: Path, out: Path) -> tuple[Path, dict]:
     proc = start(mirror, out, "-q")
-    wait_for_rows(out, 30_000, proc)
-    proc.kill()
+    at_rows(out, 30_000, proc, proc.kill)
     proc.wait(timeout=30)
     manifest = json.loads((out / SUBSET / "manifest.json").read_text())
     return out / SUBSET / "input.txt.incomplete", manifest
