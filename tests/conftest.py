@@ -20,6 +20,12 @@ import pyarrow as pa
 
 from mirror import build_mirror, rows_for
 
+
+# A suite started in the background of a script (`cmd &` without job control) inherits Ctrl-C
+# ignored, and so would every command it starts: the tests that send SIGINT need its default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 CLI = str(Path(sys.executable).with_name("smollm-corpus"))
 
 
