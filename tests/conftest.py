@@ -107,7 +107,9 @@ def kill_at_checkpoint(manifest: Path, proc: subprocess.Popen, rows: int, timeou
 def act_when(proc: subprocess.Popen, ready, action, timeout: float = 120) -> None:
     """Call ``action()`` while ``proc`` is stopped, as soon as ``ready()`` holds (looking while it is stopped), then let it go on.
 
-    Stepped as :func:`kill_when`, so a run cannot finish between the moment and the action.
+    The run goes on 5 ms at a time between 10 ms stops: a checkpoint (every 0.5 s of wall time)
+    falls every third of what it would do in that time, and however fast the machine, it cannot
+    run from one moment worth catching past its end between two looks.
     """
     deadline = time.monotonic() + timeout
     try:
@@ -128,24 +130,10 @@ def act_when(proc: subprocess.Popen, ready, action, timeout: float = 120) -> Non
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds, looking while it is stopped.
-
-    The run goes on 5 ms at a time between 10 ms stops: a checkpoint (every 0.5 s of wall time)
-    falls every third of what it would do in that time, and however fast the machine, it cannot
-    run from one moment worth catching past its end between two looks.
-    """
-    deadline = time.monotonic() + timeout
+    """SIGKILL ``proc`` as soon as ``ready()`` holds, looking while it is stopped (:func:`act_when`)."""
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            proc.send_signal(signal.SIGSTOP)
-            time.sleep(0.01)
-            if ready():
-                proc.kill()
-                return
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.005)
+        act_when(proc, ready, proc.kill, timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
-    raise AssertionError("the run ended or stalled before the moment to kill it")
