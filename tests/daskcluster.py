@@ -16,15 +16,15 @@ START_SECONDS = 60
 
 
 class DaskCluster:
-    """A scheduler and ``nworkers`` worker processes (one thread each) on 127.0.0.1, with ``env`` added.
+    """A scheduler and ``nworkers`` worker processes of ``nthreads`` threads each on 127.0.0.1, with ``env`` added.
 
     ``tls``: (ca, cert, key) files: the cluster speaks tls:// only. ``preload``: a module each worker
     runs when it starts.
     """
 
     def __init__(self, folder: Path, env: dict[str, str], nworkers: int = 2, tls: tuple[Path, Path, Path] | None = None,
-                 preload: Path | None = None) -> None:
-        self.folder, self.nworkers, self.tls, self.preload = folder, nworkers, tls, preload
+                 preload: Path | None = None, nthreads: int = 1) -> None:
+        self.folder, self.nworkers, self.nthreads, self.tls, self.preload = folder, nworkers, nthreads, tls, preload
         self.env = {**os.environ, **env}
         self.scheduler_file = folder / "scheduler.json"
         self.scheduler: subprocess.Popen | None = None
@@ -58,7 +58,7 @@ class DaskCluster:
         preload = ["--preload", str(self.preload)] if self.preload else []
         self.workers = self._spawn("workers", [
             DASK, "worker", "--scheduler-file", str(self.scheduler_file), "--host", "127.0.0.1",
-            "--nworkers", str(self.nworkers), "--nthreads", "1", "--no-dashboard", "--death-timeout", "60",
+            "--nworkers", str(self.nworkers), "--nthreads", str(self.nthreads), "--no-dashboard", "--death-timeout", "60",
             "--local-directory", str(self.folder / "scratch"), *preload, *self._tls_args(),
         ])
         if wait:

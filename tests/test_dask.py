@@ -135,6 +135,28 @@ def test_a_fetch_on_dask_writes_the_same_bytes_as_a_local_one(world, cluster, to
     downloaded_once(world.hub, subset)
 
 
+def test_a_worker_of_two_threads_runs_chunks_in_both_to_the_same_bytes(world, tokenizer_json, tmp_path):
+    """One worker process with a thread per core, the shape the README gives for tokenizing; python-edu on it is told."""
+    import distributed
+
+    tokens = ["--format", "bin", "--tokenizer", str(tokenizer_json), "--shard-tokens", "300000"]
+    with world.cluster("threads", nworkers=1, nthreads=2) as cluster, cluster.client() as client:
+        for subset, extra in (("fineweb-edu-dedup", tokens), ("python-edu", [])):
+            local = world.fetch(tmp_path / f"local-{subset}", subset, *extra)
+            assert local.returncode == 0, local.stderr
+            with distributed.get_task_stream(client=client) as stream:
+                remote = world.fetch(tmp_path / f"remote-{subset}", subset, *extra, "--dask", cluster.address)
+            assert remote.returncode == 0, remote.stderr
+            assert files_of(tmp_path / f"remote-{subset}" / subset) == files_of(tmp_path / f"local-{subset}" / subset)
+            told = "python-edu's pieces run one at a time in each worker process" in remote.stderr
+            assert told == (subset == "python-edu"), remote.stderr
+            if subset == "fineweb-edu-dedup":  # its chunks ran in both threads, sharing the process's job
+                threads = {t["thread"] for t in stream.data if str(t["key"]).startswith("smollm-corpus-chunk")}
+                assert len(threads) == 2
+                jobs = client.run(lambda: len(__import__("smollm_corpus.cluster").cluster._jobs))
+                assert list(jobs.values()) == [1]
+
+
 def test_every_worker_fetches_the_job_once_and_nothing_is_left_on_the_cluster(world, cluster, tmp_path):
     result = world.fetch(tmp_path / "out", "fineweb-edu-dedup", "--dask", cluster.address)
     assert result.returncode == 0, result.stderr

@@ -149,6 +149,12 @@ class DaskPool:
         the job: Dask runs a task where its dependencies are, which put every chunk on the worker
         that made the job until work stealing moved some, up to 2 s later.
         """
+        threaded = sum(1 for n in self._nthreads.values() if n > 1)
+        if job.one_at_a_time and threaded:
+            log.warning("%d of the %d Dask workers have several threads, but python-edu's pieces run one at a time in "
+                        "each worker process (its requests in flight are the parallelism): they use one thread each. "
+                        "For python-edu, start one process a core: dask worker ADDRESS --nworkers CORES --nthreads 1",
+                        threaded, len(self._nthreads))
         with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"}):  # large on purpose, once
             future = self.client.submit(_the_job, job, key=f"smollm-corpus-job-{self._run}", pure=False)
         distributed.Variable(self._variable, client=self.client).set(future)  # replaces a killed run's job
