@@ -149,6 +149,31 @@ def test_a_rerun_with_other_datasets_is_another_fetch(repo, tmp_path):
         fetch_all([STORIES, WEB], tmp_path / "y", dedup=True, source_repo=str(repo), max_bytes=10_000)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _abandon(out: Path, repo: Path, names: list[str], **options) -> Path:
+    """A deduplicated fetch stopped while signing; returns the work it leaves behind."""
+    def stop(view) -> None:
+        raise _Stop
+
+    before = set((out / ".dedup").iterdir()) if (out / ".dedup").exists() else set()
+    with pytest.raises(_Stop):
+        fetch_all(names, out, dedup=True, source_repo=str(repo), progress=stop, **options)
+    (work,) = set((out / ".dedup").iterdir()) - before
+    assert json.loads((work / "names.json").read_text()) == names
+    return work
+
+
+def test_overwrite_deletes_the_work_of_the_fetches_it_replaces_and_no_other(repo, tmp_path):
+    web = _abandon(tmp_path, repo, [WEB], limit=500)
+    stories = _abandon(tmp_path, repo, [STORIES])
+    fetch_all([STORIES], tmp_path, dedup=True, source_repo=str(repo), limit=300, overwrite=True)
+    assert not stories.exists()  # STORIES' output was replaced: that fetch could never finish
+    assert web.is_dir() and list((tmp_path / ".dedup").iterdir()) == [web]  # another dataset's: kept
+
+
 # -- resumes after kill -9 in each pass ------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ Three passes, each resumable after ``kill -9``:
 3. *write*: each dataset's kept parts are appended to its output without the duplicates, by
    the same appender as a plain fetch, so resumes, ``--max-bytes`` and token files work alike.
 
-Work lives in ``OUT_DIR/.dedup/<key>/`` until every dataset of the command is complete. Disk:
+Work lives in ``OUT_DIR/.dedup/<key>/`` until every dataset of the command is complete, or until
+an ``--overwrite`` replaces one of its datasets. Disk:
 the parts (about the size of the outputs; each source file's parts are deleted once appended)
 plus 1.2 KB per document (signatures and partitions).
 """
@@ -51,6 +52,10 @@ METHOD = "minhash 5-gram 14x8 xxh64 seed 1"
 #: fetch options that do not change the output, left out of the work's key
 _NOT_IDENTITY = {"num_proc", "dask", "dask_wait", "workers", "s3_client", "overwrite", "progress", "s3_endpoint_url",
                  "region", "no_sign_request"}
+
+
+#: in each fetch's work folder: the datasets it deduplicates, in order (JSON)
+NAMES = "names.json"
 
 
 class Pass:
@@ -222,6 +227,26 @@ def _show(view, stats: Stats, progress) -> None:
         progress(view)
 
 
+def _drop_replaced(folder: Path, names: Sequence[str]) -> None:
+    """Delete the work of every deduplicated fetch into ``folder``'s parent that shares a dataset with ``names``.
+
+    Called when those datasets are fetched again with --overwrite: a fetch that was abandoned for
+    other options (or other datasets) could no longer finish, as its outputs are being replaced.
+    The work of fetches of other datasets into the same folder is left alone.
+    """
+    if not folder.is_dir():
+        return
+    for work in folder.iterdir():
+        try:
+            theirs = json.loads((work / NAMES).read_text())
+        except (OSError, ValueError):
+            continue  # not one of ours, or being set up
+        if set(theirs) & set(names):
+            log.info("deleting %s: the work of a deduplicated fetch of %s, whose outputs are being replaced",
+                     work, ", ".join(theirs))
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def work_key(names: Sequence[str], options: dict) -> str:
     """The key of one deduplicated fetch: its datasets, in order, and every option that shapes the output."""
     shaping = {k: v for k, v in sorted(options.items()) if k not in _NOT_IDENTITY}
@@ -259,6 +284,10 @@ def fetch_all(names: Sequence[str], out_dir=".", *, dedup: bool = False, progres
     work = Path(out_dir) / ".dedup" / key
     if options.get("overwrite"):
         shutil.rmtree(work, ignore_errors=True)
+        _drop_replaced(Path(out_dir) / ".dedup", names)
+    with writing(work):
+        work.mkdir(parents=True, exist_ok=True)
+        (work / NAMES).write_text(json.dumps(names) + "\n")
     passes = [Pass(work, i, names, key) for i in range(len(names))]
     started = time.monotonic()
     complete = []
