@@ -1,5 +1,6 @@
 """--dedup end to end: planted near-duplicates within and across datasets, the first-occurrence rule, resumes."""
 
+import fcntl
 import hashlib
 import json
 import random
@@ -171,7 +172,13 @@ def test_overwrite_deletes_the_work_of_the_fetches_it_replaces_and_no_other(repo
     stories = _abandon(tmp_path, repo, [STORIES])
     fetch_all([STORIES], tmp_path, dedup=True, source_repo=str(repo), limit=300, overwrite=True)
     assert not stories.exists()  # STORIES' output was replaced: that fetch could never finish
-    assert web.is_dir() and list((tmp_path / ".dedup").iterdir()) == [web]  # another dataset's: kept
+    assert list((tmp_path / ".dedup").iterdir()) == [web]  # another dataset's: kept
+
+    running = _abandon(tmp_path, repo, [STORIES], limit=100, overwrite=True)
+    with open(running / ".lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the fetch holds it while it runs
+        fetch_all([STORIES], tmp_path, dedup=True, source_repo=str(repo), limit=300, overwrite=True)
+    assert sorted((tmp_path / ".dedup").iterdir()) == sorted([web, running])  # a running fetch's work: kept
 
 
 # -- resumes after kill -9 in each pass ------------------------------------------------------------

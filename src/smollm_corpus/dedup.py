@@ -36,7 +36,7 @@ import numpy as np
 
 from . import clusters, plan, signed
 from .downloads import Downloads, Remote
-from .errors import UsageError, writing
+from .errors import OutputError, UsageError, writing
 from .parts import PartInfo
 from .run import DOWNLOADS_AHEAD, Interrupted, Run, result_of
 from .stats import Stats
@@ -227,13 +227,15 @@ def _show(view, stats: Stats, progress) -> None:
         progress(view)
 
 
-def _drop_replaced(folder: Path, names: Sequence[str]) -> None:
-    """Delete the work of every deduplicated fetch into ``folder``'s parent that shares a dataset with ``names``.
+def _drop_replaced(folder: Path, names: Sequence[str], key: str) -> None:
+    """Delete the work of every other deduplicated fetch in ``folder`` that shares a dataset with ``names``.
 
     Called when those datasets are fetched again with --overwrite: a fetch that was abandoned for
     other options (or other datasets) could no longer finish, as its outputs are being replaced.
-    The work of fetches of other datasets into the same folder is left alone.
+    The work of fetches of other datasets, and of a fetch that is running, is left alone.
     """
+    from .pipeline import locked
+
     if not folder.is_dir():
         return
     for work in folder.iterdir():
@@ -241,10 +243,26 @@ def _drop_replaced(folder: Path, names: Sequence[str]) -> None:
             theirs = json.loads((work / NAMES).read_text())
         except (OSError, ValueError):
             continue  # not one of ours, or being set up
-        if set(theirs) & set(names):
-            log.info("deleting %s: the work of a deduplicated fetch of %s, whose outputs are being replaced",
-                     work, ", ".join(theirs))
-            shutil.rmtree(work, ignore_errors=True)
+        if work.name == key or not set(theirs) & set(names):
+            continue
+        try:
+            with locked(work):
+                log.info("deleting %s: the work of a deduplicated fetch of %s, whose outputs are being replaced",
+                         work, ", ".join(theirs))
+                shutil.rmtree(work, ignore_errors=True)
+        except OutputError:
+            log.warning("left %s alone: a running fetch of %s is using it", work, ", ".join(theirs))
+
+
+def _empty(work: Path) -> None:
+    """Delete what ``work`` holds, but the lock this process holds on it."""
+    for path in work.iterdir():
+        if path.name == ".lock":
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def work_key(names: Sequence[str], options: dict) -> str:
@@ -265,7 +283,7 @@ def fetch_all(names: Sequence[str], out_dir=".", *, dedup: bool = False, progres
     Returns:
         A :class:`FetchResult` per name.
     """
-    from .pipeline import fetch
+    from .pipeline import fetch, locked
 
     if not dedup:
         return [fetch(name, out_dir, progress=progress, **options) for name in names]
@@ -281,32 +299,36 @@ def fetch_all(names: Sequence[str], out_dir=".", *, dedup: bool = False, progres
 
     minhash.signer()  # a missing package is reported before anything starts
     key = work_key(names, options)
-    work = Path(out_dir) / ".dedup" / key
+    folder = Path(out_dir) / ".dedup"
+    work = folder / key
     if options.get("overwrite"):
-        shutil.rmtree(work, ignore_errors=True)
-        _drop_replaced(Path(out_dir) / ".dedup", names)
+        _drop_replaced(folder, names, key)
     with writing(work):
         work.mkdir(parents=True, exist_ok=True)
-        (work / NAMES).write_text(json.dumps(names) + "\n")
-    passes = [Pass(work, i, names, key) for i in range(len(names))]
-    started = time.monotonic()
-    complete = []
-    for name, p in zip(names, passes):
-        result = fetch(name, out_dir, dedup=p, progress=progress, **options)
-        complete.append(result.already_complete)
-    results = []
-    if not all(complete):
-        duplicates = clusters.Clusters([p.store for p in passes], work / "clusters").run()
-        for p, done in zip(passes, complete):
-            p.signing, p.duplicates = False, duplicates
-            if not done:
-                write_list(p, passes, names)
-    options = {**options, "overwrite": False}
-    for name, p in zip(names, passes):
-        results.append(fetch(name, out_dir, dedup=p, progress=progress, **options))
-    shutil.rmtree(work, ignore_errors=True)
-    if not any((Path(out_dir) / ".dedup").iterdir()):
-        (Path(out_dir) / ".dedup").rmdir()
+    with locked(work):  # held while the command runs: an --overwrite of another command leaves it alone
+        with writing(work):
+            if options.get("overwrite"):
+                _empty(work)
+            (work / NAMES).write_text(json.dumps(names) + "\n")
+        passes = [Pass(work, i, names, key) for i in range(len(names))]
+        started = time.monotonic()
+        complete = []
+        for name, p in zip(names, passes):
+            result = fetch(name, out_dir, dedup=p, progress=progress, **options)
+            complete.append(result.already_complete)
+        results = []
+        if not all(complete):
+            duplicates = clusters.Clusters([p.store for p in passes], work / "clusters").run()
+            for p, done in zip(passes, complete):
+                p.signing, p.duplicates = False, duplicates
+                if not done:
+                    write_list(p, passes, names)
+        options = {**options, "overwrite": False}
+        for name, p in zip(names, passes):
+            results.append(fetch(name, out_dir, dedup=p, progress=progress, **options))
+        shutil.rmtree(work, ignore_errors=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
     log.debug("deduplicated fetch of %d datasets in %.1f s", len(names), time.monotonic() - started)
     return results
 

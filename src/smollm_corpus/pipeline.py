@@ -232,7 +232,7 @@ def fetch(
             return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started,
                                tokens.itemsize)
         if output.exists() or partial.exists():
-            with _locked(folder):
+            with locked(folder):
                 if not output.exists():
                     os.replace(partial, output)  # a run that stopped between its last two steps
             return FetchResult(subset, output, manifest_path, previous.stats, True, time.monotonic() - started)
@@ -274,7 +274,7 @@ def fetch(
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create the output folder {folder}: {e.strerror}; choose another --out-dir") from e
-        with _locked(folder):
+        with locked(folder):
             manifest = None if overwrite else Manifest.load(manifest_path)
             if manifest is None:
                 _clear(folder, manifest_path, layout, spec.prefix)
@@ -403,7 +403,8 @@ def _s3_options(bucket: str, endpoint_url: str | None, region: str, no_sign_requ
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for this process while the block runs (an OutputError when another process holds it)."""
     with writing(folder / ".lock"):
         lock = open(folder / ".lock", "w")
     with lock:
