@@ -136,7 +136,7 @@ def test_a_fetch_on_dask_writes_the_same_bytes_as_a_local_one(world, cluster, to
 
 
 def test_a_worker_of_two_threads_runs_chunks_in_both_to_the_same_bytes(world, tokenizer_json, tmp_path):
-    """One worker process with a thread per core, the shape the README gives for tokenizing; python-edu on it is told."""
+    """One worker process with a thread per core, a shape the README offers for tokenizing; python-edu on it is told."""
     import distributed
 
     tokens = ["--format", "bin", "--tokenizer", str(tokenizer_json), "--shard-tokens", "300000"]
