@@ -106,6 +106,23 @@ def _at_checkpoint(out: Path, proc: subprocess.Popen, action) -> None:
     act_when(proc, checkpointed, action, timeout=60)
 
 
+def test_an_interrupt_that_python_wraps_while_a_class_is_made_is_still_an_interrupt():
+    from smollm_corpus.launch import interrupted
+
+    class Interrupting:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    with pytest.raises(BaseException) as raised:
+        type("Loading", (), {"attribute": Interrupting()})  # Python 3.11: a RuntimeError caused by the interrupt
+    assert interrupted(raised.value)
+    try:
+        raise RuntimeError("wrapped") from ValueError("not an interrupt")
+    except RuntimeError as error:
+        assert not interrupted(error)
+    assert not interrupted(ImportError("no module"))
+
+
 @pytest.mark.parametrize("delay", [0.05, 0.2, 0.4])
 def test_ctrl_c_while_the_tool_loads_is_one_message(mirror, tmp_path, delay):
     log = tmp_path / "log.txt"
