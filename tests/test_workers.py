@@ -114,3 +114,31 @@ def test_helper_threads_leave_stop_signals_to_the_main_thread():
     thread.join()
     assert {signal.SIGINT, signal.SIGTERM} <= masks[0]
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def _half_a_result() -> None:
+    """In a worker process: send the start of a result into the pool's pipe, then hang, as a worker stopped mid-send."""
+    import struct
+    import sys
+    import time
+
+    frame = sys._getframe()
+    while "result_queue" not in frame.f_locals:
+        frame = frame.f_back
+    frame.f_locals["result_queue"]._writer._send(struct.pack("!i", 1 << 20) + b"half")
+    time.sleep(600)
+
+
+def test_stopping_a_process_pool_whose_worker_sent_half_a_result_does_not_hang():
+    pool = WorkerPool(1)
+    future = pool.executor.submit(_half_a_result)
+    stopped = threading.Event()
+    stopper = threading.Thread(target=lambda: (pool.stop(), stopped.set()), daemon=True)
+    try:
+        with pytest.raises(Exception):
+            future.result(timeout=2)  # the executor's thread is reading the half message
+        stopper.start()
+        assert stopped.wait(30), "WorkerPool.stop() hung on the half-sent result"
+    finally:
+        for process in multiprocessing.active_children():
+            process.kill()

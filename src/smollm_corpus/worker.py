@@ -167,6 +167,14 @@ class WorkerPool:
         for process in processes:  # reaped here, not left to an exit that may not wait for them
             with contextlib.suppress(Exception):
                 process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+                    process.join(timeout=5)
+        # A worker stopped while it sent a result leaves half a message in the result pipe, and the
+        # executor's thread would wait for the rest forever: this process's copy of the pipe's writing
+        # end is the last one left, and closed, the thread reads the end of the pipe instead.
+        with contextlib.suppress(Exception):
+            self.executor._result_queue._writer.close()
         # With its workers gone the executor winds down at once; waiting for it releases its queues'
         # semaphores, which would otherwise be reported as leaked by multiprocessing at exit.
         self.executor.shutdown(wait=True, cancel_futures=True)
